@@ -1,0 +1,275 @@
+"""A fast HL7 v2 reader for the hot path.
+
+hl7apy validates conformance but parses about ten messages a second; this reader splits on the message's
+own encoding characters (MSH-1/MSH-2), handles repetitions, components, sub-components and escape sequences,
+and accepts CR, LF or CRLF segment endings. It is checked field by field against hl7apy in the tests.
+
+Paths read like the ones integration engineers write: ``PID-3.1`` (first repetition, first component),
+``PID-3[2].1`` (second repetition), ``DG1[2]-3.1`` (second DG1 segment), ``DG1[*]-3.1`` / ``PID-3[*].1``
+(every occurrence, with :meth:`HL7Message.get_all`), ``MSH-9.2``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+_SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
+_PATH = re.compile(
+    r"^(?P<seg>[A-Z][A-Z0-9]{2})(?:\[(?P<occ>\*|\d+)\])?"
+    r"(?:-(?P<field>\d+)(?:\[(?P<rep>\*|\d+)\])?(?:\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?)?$"
+)
+_CHARSETS = {
+    "": "utf-8",
+    "ASCII": "ascii",
+    "UNICODE UTF-8": "utf-8",
+    "UTF-8": "utf-8",
+    "8859/1": "latin-1",
+    "8859/15": "iso8859-15",
+    "UNICODE": "utf-8",
+}
+
+
+class HL7ParseError(ValueError):
+    """The bytes are not a usable HL7 v2 message. `code` is an HL7 table 0357 error code."""
+
+    def __init__(self, message: str, *, code: str = "100") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Encoding:
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+
+    def unescape(self, value: str) -> str:
+        if self.escape not in value:
+            return value
+        return _unescape(value, self)
+
+
+def _unescape(value: str, enc: Encoding) -> str:
+    out: list[str] = []
+    i = 0
+    esc = enc.escape
+    while i < len(value):
+        ch = value[i]
+        if ch != esc:
+            out.append(ch)
+            i += 1
+            continue
+        end = value.find(esc, i + 1)
+        if end == -1:  # a lone escape character is taken literally
+            out.append(value[i:])
+            break
+        seq = value[i + 1 : end]
+        i = end + 1
+        if seq == "F":
+            out.append(enc.field)
+        elif seq == "S":
+            out.append(enc.component)
+        elif seq == "T":
+            out.append(enc.subcomponent)
+        elif seq == "R":
+            out.append(enc.repetition)
+        elif seq == "E":
+            out.append(esc)
+        elif seq.startswith("X") and len(seq) > 1:
+            try:
+                out.append(bytes.fromhex(seq[1:]).decode("latin-1"))
+            except ValueError:
+                out.append(esc + seq + esc)
+        elif seq == ".br":
+            out.append("\n")
+        elif seq in {"H", "N"}:  # highlighting on/off carries no data
+            continue
+        else:
+            out.append(esc + seq + esc)
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Header:
+    """The MSH fields the listener needs before it stores and acknowledges a message."""
+
+    sending_application: str
+    sending_facility: str
+    receiving_application: str
+    receiving_facility: str
+    timestamp: str
+    message_type: str  # e.g. ADT^A03 (MSH-9.1^MSH-9.2)
+    control_id: str
+    processing_id: str
+    version: str
+    charset: str
+    accept_ack_type: str
+    application_ack_type: str
+    encoding: Encoding
+
+    @property
+    def sender(self) -> str:
+        return f"{self.sending_application}^{self.sending_facility}"
+
+
+def decode(raw: bytes) -> tuple[str, str]:
+    """Decode bytes in the character set MSH-18 names; returns (text, python codec)."""
+    # latin-1 maps every byte, so it is safe for reading MSH-18 before the real decode.
+    probe = raw[:1024].decode("latin-1")
+    charset = ""
+    start = probe.find("MSH")
+    if start != -1 and len(probe) > start + 4:
+        sep = probe[start + 3]
+        first_line = _SEGMENT_SPLIT.split(probe[start:], maxsplit=1)[0]
+        fields = first_line.split(sep)
+        if len(fields) > 17:
+            charset = fields[17].split(probe[start + 4] if len(probe) > start + 4 else "^")[0].strip().upper()
+    codec = _CHARSETS.get(charset, "utf-8")
+    try:
+        return raw.decode(codec), codec
+    except UnicodeDecodeError:
+        if codec == "utf-8":
+            # Senders that leave MSH-18 empty and send Latin-1 anyway are common; do not reject them.
+            return raw.decode("latin-1"), "latin-1"
+        raise HL7ParseError(f"Message is not valid {charset or codec} text", code="102") from None
+
+
+class HL7Message:
+    """A parsed HL7 v2 message: segments split into fields, read by path."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        lines = [line for line in _SEGMENT_SPLIT.split(text.strip("\x0b\x1c\r\n ")) if line.strip()]
+        if not lines or not lines[0].startswith("MSH"):
+            raise HL7ParseError("The message does not start with an MSH segment", code="100")
+        msh = lines[0]
+        if len(msh) < 8:
+            raise HL7ParseError("The MSH segment is too short to hold its encoding characters", code="102")
+        field_sep = msh[3]
+        enc_chars = msh[4 : msh.find(field_sep, 4) if field_sep in msh[4:] else len(msh)]
+        if field_sep.isalnum() or len(enc_chars) < 3 or len(set(enc_chars + field_sep)) != len(enc_chars) + 1:
+            raise HL7ParseError(f"MSH-1/MSH-2 encoding characters are invalid: {msh[3:8]!r}", code="102")
+        self.encoding = Encoding(
+            field=field_sep,
+            component=enc_chars[0],
+            repetition=enc_chars[1],
+            escape=enc_chars[2] if len(enc_chars) > 2 else "\\",
+            subcomponent=enc_chars[3] if len(enc_chars) > 3 else "&",
+        )
+        self.segments: list[list[str]] = []
+        for line in lines:
+            fields = line.split(field_sep)
+            if not re.fullmatch(r"[A-Z][A-Z0-9]{2}", fields[0]):
+                raise HL7ParseError(f"Segment {fields[0][:10]!r} has an invalid name", code="100")
+            if fields[0] == "MSH":
+                # MSH-1 is the field separator itself, so MSH-n sits at split index n-1: re-align.
+                fields = ["MSH", field_sep, *fields[1:]]
+            self.segments.append(fields)
+
+    # Reading ------------------------------------------------------------------------------------------
+
+    def segment_names(self) -> list[str]:
+        return [fields[0] for fields in self.segments]
+
+    def occurrences(self, name: str) -> list[list[str]]:
+        return [fields for fields in self.segments if fields[0] == name]
+
+    def get(self, path: str) -> str:
+        """The first value at `path`, unescaped; '' when absent."""
+        values = self._read(path, first_only=True)
+        return values[0] if values else ""
+
+    def get_all(self, path: str) -> list[str]:
+        """Every non-empty value at `path`, expanding `[*]` on segments and repetitions."""
+        return [value for value in self._read(path, first_only=False) if value != ""]
+
+    def _read(self, path: str, *, first_only: bool) -> list[str]:
+        match = _PATH.match(path.strip())
+        if match is None:
+            raise ValueError(f"Not an HL7 path: {path!r}")
+        seg, occ, field, rep, comp, sub = match.group("seg", "occ", "field", "rep", "comp", "sub")
+        segments = self.occurrences(seg)
+        if occ is None:
+            segments = segments[:1]
+        elif occ != "*":
+            index = int(occ) - 1
+            segments = segments[index : index + 1]
+        if field is None:
+            return [self.encoding.field.join(s) for s in segments]
+        f = int(field)
+        enc = self.encoding
+        out: list[str] = []
+        for fields in segments:
+            if f >= len(fields):
+                continue
+            raw_field = fields[f]
+            # MSH-2 holds the encoding characters themselves: never split or unescape it.
+            if seg == "MSH" and f in (1, 2):
+                out.append(raw_field)
+                continue
+            reps = raw_field.split(enc.repetition)
+            if rep is None:
+                reps = reps[:1]
+            elif rep != "*":
+                index = int(rep) - 1
+                reps = reps[index : index + 1]
+            for value in reps:
+                if comp is not None:
+                    parts = value.split(enc.component)
+                    c = int(comp) - 1
+                    value = parts[c] if c < len(parts) else ""
+                    if sub is not None:
+                        subs = value.split(enc.subcomponent)
+                        s = int(sub) - 1
+                        value = subs[s] if s < len(subs) else ""
+                out.append(enc.unescape(value))
+                if first_only:
+                    return out
+        return out
+
+    @cached_property
+    def header(self) -> Header:
+        return Header(
+            sending_application=self.get("MSH-3.1"),
+            sending_facility=self.get("MSH-4.1"),
+            receiving_application=self.get("MSH-5.1"),
+            receiving_facility=self.get("MSH-6.1"),
+            timestamp=self.get("MSH-7.1"),
+            message_type=_message_type(self.get("MSH-9.1"), self.get("MSH-9.2")),
+            control_id=self.get("MSH-10"),
+            processing_id=self.get("MSH-11.1"),
+            version=self.get("MSH-12.1"),
+            charset=self.get("MSH-18"),
+            accept_ack_type=self.get("MSH-15"),
+            application_ack_type=self.get("MSH-16"),
+            encoding=self.encoding,
+        )
+
+
+def _message_type(code: str, trigger: str) -> str:
+    return f"{code}^{trigger}" if trigger else code
+
+
+def parse(raw: bytes | str) -> HL7Message:
+    """Parse one HL7 v2 message (bytes are decoded per MSH-18). Raises HL7ParseError on unusable input."""
+    text = decode(raw)[0] if isinstance(raw, bytes) else raw
+    if "\x00" in text:
+        raise HL7ParseError("The message contains NUL bytes; it is not HL7 text", code="102")
+    return HL7Message(text)
+
+
+def escape(value: str, enc: Encoding | None = None) -> str:
+    """Escape delimiter characters in a value written into a message."""
+    enc = enc or Encoding()
+    return (
+        value.replace(enc.escape, f"{enc.escape}E{enc.escape}")
+        .replace(enc.field, f"{enc.escape}F{enc.escape}")
+        .replace(enc.component, f"{enc.escape}S{enc.escape}")
+        .replace(enc.subcomponent, f"{enc.escape}T{enc.escape}")
+        .replace(enc.repetition, f"{enc.escape}R{enc.escape}")
+    )

@@ -1,0 +1,105 @@
+"""Enumerations shared by the core models, services and apps."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class SystemKind(models.TextChoices):
+    EHR = "ehr", "EHR"
+    RCM = "rcm", "Revenue cycle"
+    ERP = "erp", "ERP"
+    SAAS = "saas", "SaaS / other"
+
+
+class Direction(models.TextChoices):
+    INBOUND = "inbound", "Inbound"
+    OUTBOUND = "outbound", "Outbound"
+
+
+class Protocol(models.TextChoices):
+    HL7V2 = "hl7v2", "HL7 v2 / MLLP"
+    FHIR = "fhir", "FHIR R4"
+    REST = "rest", "REST / JSON"
+    FILE = "file", "Files / SFTP"
+    X12 = "x12", "X12 5010"
+
+
+class Lane(models.TextChoices):
+    """Workload lanes: clinical events never wait behind batch or replay work."""
+
+    CLINICAL = "clinical", "Clinical (real time)"
+    FINANCIAL = "financial", "Financial"
+    BATCH = "batch", "Batch / replay"
+
+
+class MessageStatus(models.TextChoices):
+    RECEIVED = "received", "Received"  # stored and acknowledged, waiting for the worker
+    PROCESSING = "processing", "Processing"  # claimed by a worker
+    PROCESSED = "processed", "Processed"  # canonical events emitted
+    IGNORED = "ignored", "Ignored"  # a valid message no mapping asks for
+    DUPLICATE = "duplicate", "Duplicate"  # same sender + control id seen before: kept, not processed
+    FAILED = "failed", "Failed"  # bad data: mapping or schema validation failed; an exception item exists
+    REJECTED = "rejected", "Rejected"  # unusable at the door (not HL7, no MSH, unsupported type); NAKed
+
+
+class VersionStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    SUBMITTED = "submitted", "Submitted"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+    ACTIVE = "active", "Active"
+    RETIRED = "retired", "Retired"
+
+
+class Transform(models.TextChoices):
+    """Declarative transforms a mapping rule may apply; no arbitrary code."""
+
+    NONE = "", "None"
+    HL7_DATETIME = "hl7_datetime", "HL7 date/time to ISO 8601"
+    HL7_DATE = "hl7_date", "HL7 date to ISO date"
+    DECIMAL = "decimal", "Decimal number"
+    INTEGER = "integer", "Integer"
+    UPPER = "upper", "Upper case"
+    LOOKUP = "lookup", "Code lookup"
+    DEFAULT = "default", "Default when empty"
+    REGEX = "regex", "Regex extract"
+    CONCAT = "concat", "Concatenate"
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENDING = "sending", "Sending"
+    SUCCEEDED = "succeeded", "Succeeded"
+    RETRYING = "retrying", "Waiting to retry"
+    FAILED = "failed", "Failed"  # permanent error or retries exhausted; an exception item exists
+
+
+class ExceptionKind(models.TextChoices):
+    MISSING_DATA = "missing_data", "Missing data"
+    MAPPING_FAILED = "mapping_failed", "Mapping failed"
+    SCHEMA_INVALID = "schema_invalid", "Schema invalid"
+    DESTINATION_REJECTED = "destination_rejected", "Destination rejected"
+    DESTINATION_DOWN = "destination_down", "Destination down"
+    SLA_BREACHED = "sla_breached", "SLA breached"
+    MISMATCH = "mismatch", "Mismatch"
+
+
+class ExceptionStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    IN_PROGRESS = "in_progress", "In progress"
+    WAITING = "waiting", "Waiting"
+    RESOLVED = "resolved", "Resolved"
+    IGNORED = "ignored", "Ignored"
+
+
+OPEN_EXCEPTION_STATUSES = (ExceptionStatus.OPEN, ExceptionStatus.IN_PROGRESS, ExceptionStatus.WAITING)
+
+
+class RunStatus(models.TextChoices):
+    """Workflow run states shared by every workflow; the step names are each workflow's own."""
+
+    ACTIVE = "active", "In progress"
+    BLOCKED = "blocked", "Blocked by an exception"
+    COMPLETED = "completed", "Completed"
+    CANCELLED = "cancelled", "Cancelled"

@@ -1,0 +1,399 @@
+"""The core domain: systems and connectors, governed configuration, the message store and its lineage."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from healthsync.choices import (
+    OPEN_EXCEPTION_STATUSES,
+    DeliveryStatus,
+    Direction,
+    ExceptionKind,
+    ExceptionStatus,
+    Lane,
+    MessageStatus,
+    Protocol,
+    SystemKind,
+    Transform,
+    VersionStatus,
+)
+
+
+class System(models.Model):
+    """An enterprise system HealthSync keeps in step: an EHR, a revenue-cycle system, an ERP, a SaaS."""
+
+    code = models.SlugField(max_length=50, unique=True, help_text="Short stable name, e.g. epic-main.")
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=10, choices=SystemKind.choices)
+    description = models.TextField(blank=True)
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Connector(models.Model):
+    """One configured way in or out of a system: a protocol, a direction and its validated settings."""
+
+    system = models.ForeignKey(System, on_delete=models.PROTECT, related_name="connectors")
+    code = models.SlugField(max_length=50, unique=True)
+    name = models.CharField(max_length=200)
+    direction = models.CharField(max_length=10, choices=Direction.choices)
+    protocol = models.CharField(max_length=10, choices=Protocol.choices)
+    config = models.JSONField(
+        default=dict, blank=True, help_text="Protocol settings, validated by its adapter."
+    )
+    lane = models.CharField(max_length=10, choices=Lane.choices, default=Lane.CLINICAL)
+    is_enabled = models.BooleanField(default=True)
+    # Delivery policy (outbound): attempts, exponential backoff from this base, per-attempt timeout.
+    retry_max_attempts = models.PositiveSmallIntegerField(default=5)
+    retry_backoff_seconds = models.FloatField(default=2.0)
+    timeout_seconds = models.FloatField(default=10.0)
+    # Circuit breaker: after `breaker_threshold` consecutive transient failures the destination pauses.
+    breaker_threshold = models.PositiveSmallIntegerField(default=5)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    breaker_open_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["system__name", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_protocol_display()} {self.direction})"
+
+    def clean(self) -> None:
+        from healthsync.registry import connector_registry
+
+        try:
+            adapter = connector_registry.get(self.protocol)
+        except KeyError:
+            raise ValidationError({"protocol": f"No adapter is registered for {self.protocol!r}."}) from None
+        errors = adapter.validate_config(self.direction, self.config or {})
+        if errors:
+            raise ValidationError({"config": errors})
+
+
+class MappingSet(models.Model):
+    """A governed mapping from one kind of source message to one canonical event type."""
+
+    code = models.SlugField(max_length=80, unique=True)
+    name = models.CharField(max_length=200)
+    protocol = models.CharField(max_length=10, choices=Protocol.choices)
+    message_type = models.CharField(max_length=40, help_text="Source type it applies to, e.g. ADT^A03.")
+    event_type = models.CharField(
+        max_length=80, help_text="Canonical event it emits, e.g. encounter.discharged."
+    )
+    description = models.TextField(blank=True)
+    # Switching this one column is what makes a new version live, atomically.
+    active_version = models.ForeignKey(
+        "MappingVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.message_type} → {self.event_type})"
+
+
+class MappingVersion(models.Model):
+    """One immutable version of a mapping set's rules; only an approved, active version runs."""
+
+    mapping_set = models.ForeignKey(MappingSet, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=VersionStatus.choices, default=VersionStatus.DRAFT)
+    note = models.TextField(blank=True, help_text="Why this version exists.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["mapping_set", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["mapping_set", "number"], name="mapping_version_number")
+        ]
+        permissions = [("approve_mappingversion", "Can approve and activate mapping versions")]
+
+    def __str__(self) -> str:
+        return f"{self.mapping_set.code} v{self.number}"
+
+
+class MappingRule(models.Model):
+    """One field of a mapping version: source path → canonical field, through an optional transform."""
+
+    version = models.ForeignKey(MappingVersion, on_delete=models.CASCADE, related_name="rules")
+    position = models.PositiveIntegerField(default=0)
+    target = models.CharField(
+        max_length=120, help_text="Canonical field, dotted for nesting: coverage.plan_id."
+    )
+    source = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="HL7 path such as PV1-19.1; DG1[*]-3.1 collects every repetition into a list.",
+    )
+    transform = models.CharField(max_length=20, choices=Transform.choices, blank=True, default=Transform.NONE)
+    argument = models.JSONField(
+        default=dict, blank=True, help_text="Transform settings (lookup table, default)."
+    )
+    required = models.BooleanField(default=False)
+    description = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["version", "position", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.source or '(constant)'} → {self.target}"
+
+
+class SchemaVersion(models.Model):
+    """A JSON Schema for one canonical event type at one semantic version."""
+
+    event_type = models.CharField(max_length=80)
+    version = models.CharField(max_length=20, help_text="Semantic version, e.g. 1.0.0.")
+    json_schema = models.JSONField()
+    status = models.CharField(max_length=10, choices=VersionStatus.choices, default=VersionStatus.DRAFT)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["event_type", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["event_type", "version"], name="schema_event_version"),
+            models.UniqueConstraint(
+                fields=["event_type"], condition=Q(status="active"), name="one_active_schema_per_event"
+            ),
+        ]
+        permissions = [("approve_schemaversion", "Can approve and activate schema versions")]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.version}"
+
+
+class DataOwnership(models.Model):
+    """Which system is the system of record for a data domain (or one field of it), and who stewards it."""
+
+    domain = models.CharField(max_length=80, help_text="e.g. encounter, coverage, claim, journal.")
+    field = models.CharField(max_length=120, blank=True, help_text="Blank: the whole domain.")
+    system = models.ForeignKey(System, on_delete=models.PROTECT, related_name="owned_domains")
+    steward = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="stewarded_domains",
+    )
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["domain", "field"]
+        verbose_name_plural = "data ownership"
+        constraints = [models.UniqueConstraint(fields=["domain", "field"], name="one_owner_per_domain_field")]
+
+    def __str__(self) -> str:
+        return f"{self.domain}{'.' + self.field if self.field else ''} → {self.system}"
+
+
+class MessageQuerySet(models.QuerySet["Message"]):
+    def pending(self) -> MessageQuerySet:
+        return self.filter(status=MessageStatus.RECEIVED)
+
+
+class Message(models.Model):
+    """One inbound payload exactly as received, kept before it is acknowledged; the store is the queue."""
+
+    connector = models.ForeignKey(Connector, on_delete=models.PROTECT, related_name="messages")
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    raw = models.BinaryField()
+    sha256 = models.CharField(max_length=64)
+    sender = models.CharField(max_length=200, blank=True, help_text="MSH-3^MSH-4, or the peer for non-HL7.")
+    control_id = models.CharField(max_length=200, blank=True, help_text="MSH-10 or the source's own id.")
+    message_type = models.CharField(max_length=40, blank=True, help_text="e.g. ADT^A03")
+    # Set only on the first copy of a (connector, sender, control id): the unique index is the dedupe.
+    dedupe_key = models.CharField(max_length=420, null=True, blank=True, unique=True)
+    duplicate_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    replay_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replays"
+    )
+    status = models.CharField(max_length=12, choices=MessageStatus.choices, default=MessageStatus.RECEIVED)
+    lane = models.CharField(max_length=10, choices=Lane.choices, default=Lane.CLINICAL)
+    business_key = models.CharField(max_length=200, blank=True, db_index=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = MessageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["status", "lane", "id"], name="message_queue")]
+        permissions = [
+            ("view_phi", "Can view protected health information"),
+            ("replay_message", "Can replay messages"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.message_type or 'unknown'} {self.control_id}"
+
+    @property
+    def raw_text(self) -> str:
+        return bytes(self.raw).decode("utf-8", errors="replace")
+
+
+class CanonicalEvent(models.Model):
+    """A canonical business event (CloudEvents envelope) with its lineage: source message and mapping version."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    type = models.CharField(max_length=80, db_index=True)
+    source = models.CharField(max_length=200, help_text="The system that emitted the fact.")
+    subject = models.CharField(
+        max_length=200, db_index=True, help_text="The business key, e.g. encounter id."
+    )
+    occurred_at = models.DateTimeField(null=True, blank=True)
+    recorded_at = models.DateTimeField(default=timezone.now)
+    facility = models.CharField(max_length=80, blank=True)
+    idempotency_key = models.CharField(max_length=300, unique=True)
+    source_ref = models.CharField(max_length=200, blank=True, help_text="MSH-10, FHIR id, claim ICN.")
+    correlation = models.JSONField(default=dict, blank=True)
+    data = models.JSONField(default=dict)
+    message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
+    mapping_version = models.ForeignKey(
+        MappingVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="events"
+    )
+    schema_version = models.ForeignKey(
+        SchemaVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="events"
+    )
+
+    class Meta:
+        ordering = ["-recorded_at"]
+        indexes = [models.Index(fields=["type", "recorded_at"], name="event_type_time")]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.subject}"
+
+
+class Delivery(models.Model):
+    """One outbound effect on a destination, keyed for idempotency; its stored reply is the answer to a repeat."""
+
+    connector = models.ForeignKey(Connector, on_delete=models.PROTECT, related_name="deliveries")
+    operation = models.CharField(max_length=80, help_text="What to do at the destination, e.g. submit_claim.")
+    idempotency_key = models.CharField(max_length=300, unique=True)
+    payload = models.JSONField(default=dict)
+    status = models.CharField(max_length=10, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_error = models.TextField(blank=True)
+    response = models.JSONField(null=True, blank=True)
+    external_id = models.CharField(max_length=200, blank=True, help_text="Claim id, ERP document number.")
+    workflow = models.CharField(max_length=80, blank=True)
+    business_key = models.CharField(max_length=200, blank=True, db_index=True)
+    event = models.ForeignKey(
+        CanonicalEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    succeeded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "deliveries"
+        permissions = [("retry_delivery", "Can retry deliveries")]
+
+    def __str__(self) -> str:
+        return f"{self.operation} → {self.connector.code} [{self.status}]"
+
+
+class ExceptionItemQuerySet(models.QuerySet["ExceptionItem"]):
+    def open(self) -> ExceptionItemQuerySet:
+        return self.filter(status__in=OPEN_EXCEPTION_STATUSES)
+
+
+class ExceptionItem(models.Model):
+    """Something a person must look at: why a message, event or delivery could not go on, and how to recover."""
+
+    kind = models.CharField(max_length=24, choices=ExceptionKind.choices)
+    status = models.CharField(max_length=12, choices=ExceptionStatus.choices, default=ExceptionStatus.OPEN)
+    reason = models.TextField(help_text="Plain-language reason for revenue-cycle staff.")
+    detail = models.JSONField(
+        default=dict, blank=True, help_text="Machine detail: missing fields, error text."
+    )
+    workflow = models.CharField(max_length=80, blank=True)
+    business_key = models.CharField(max_length=200, blank=True, db_index=True)
+    facility = models.CharField(max_length=80, blank=True)
+    payer = models.CharField(max_length=120, blank=True)
+    amount = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    message = models.ForeignKey(Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    event = models.ForeignKey(
+        CanonicalEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    delivery = models.ForeignKey(Delivery, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    sla_due_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    resolution_note = models.TextField(blank=True)
+
+    objects = ExceptionItemQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "kind"], name="exception_queue")]
+        permissions = [("work_exceptionitem", "Can work exceptions: assign, fix, retry, resolve")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.business_key}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_EXCEPTION_STATUSES
+
+    @property
+    def age(self) -> Any:
+        return timezone.now() - self.created_at
+
+
+class ExceptionComment(models.Model):
+    """A note left on an exception by the people working it."""
+
+    exception = models.ForeignKey(ExceptionItem, on_delete=models.CASCADE, related_name="comments")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    body = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"comment by {self.author} on {self.exception_id}"
