@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from healthsync.models import CanonicalEvent, Connector, Delivery
+    from django.contrib.auth.models import User
+
+    from healthsync.models import CanonicalEvent, Connector, Delivery, ExceptionItem
 
 
 class ParsedMessage(Protocol):
@@ -59,6 +61,8 @@ class ConnectorRegistry:
 
 EventHandler = Callable[["CanonicalEvent"], None]
 DeliveryHandler = Callable[["Delivery"], None]
+# (exception, fixes, actor): apply the fixes to the workflow's own state and carry the work on.
+RetryHandler = Callable[["ExceptionItem", dict[str, str], "User"], None]
 
 
 @dataclass
@@ -67,6 +71,7 @@ class WorkflowRegistry:
 
     event_handlers: dict[str, list[EventHandler]] = field(default_factory=lambda: defaultdict(list))
     delivery_handlers: dict[str, DeliveryHandler] = field(default_factory=dict)
+    retry_handlers: dict[str, RetryHandler] = field(default_factory=dict)
 
     def on_event(self, event_type: str, handler: EventHandler) -> None:
         self.event_handlers[event_type].append(handler)
@@ -74,6 +79,13 @@ class WorkflowRegistry:
     def on_delivery(self, workflow: str, handler: DeliveryHandler) -> None:
         """`handler` runs when a delivery requested by `workflow` succeeds or finally fails."""
         self.delivery_handlers[workflow] = handler
+
+    def on_retry(self, workflow: str, handler: RetryHandler) -> None:
+        """`handler` runs when someone retries an exception raised for `workflow` (services.exception_retry)."""
+        self.retry_handlers[workflow] = handler
+
+    def retry_handler_for(self, workflow: str) -> RetryHandler | None:
+        return self.retry_handlers.get(workflow)
 
     def handlers_for(self, event_type: str) -> list[EventHandler]:
         return list(self.event_handlers.get(event_type, ()))

@@ -210,3 +210,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# Reference destinations of the discharge-to-bill skeleton (the simulators in the demo).
+HEALTHSYNC_RCM_URL = os.getenv("HEALTHSYNC_RCM_URL", "http://127.0.0.1:8101")
+HEALTHSYNC_ERP_URL = os.getenv("HEALTHSYNC_ERP_URL", "http://127.0.0.1:8102")

@@ -2,10 +2,17 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
+
+from healthsync import views
 
 urlpatterns = [
+    path("", views.home, name="home"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    path("dashboard/", include("dashboards.urls")),
+    path("exceptions/", include("workflows.urls")),
+    path("messages/", views.message_list, name="message_list"),
+    path("messages/<int:pk>/", views.message_detail, name="message_detail"),
 ]

@@ -28,7 +28,17 @@ _CHARSETS = {
     "8859/1": "latin-1",
     "8859/15": "iso8859-15",
     "UNICODE": "utf-8",
+    "ISO IR6": "ascii",
+    "ISO IR100": "latin-1",
+    "ISO IR192": "utf-8",
+    "8859/2": "iso8859-2",
+    "8859/5": "iso8859-5",
+    "8859/7": "iso8859-7",
+    "8859/9": "iso8859-9",
+    "CP1252": "cp1252",
 }
+# Control characters cannot appear literally in a field (CR ends a segment), so escape() writes them as hex.
+_CONTROL = {chr(n) for n in range(32)} | {"\x7f"}
 
 
 class HL7ParseError(ValueError):
@@ -82,9 +92,15 @@ def _unescape(value: str, enc: Encoding) -> str:
             out.append(esc)
         elif seq.startswith("X") and len(seq) > 1:
             try:
-                out.append(bytes.fromhex(seq[1:]).decode("latin-1"))
+                data = bytes.fromhex(seq[1:])
             except ValueError:
                 out.append(esc + seq + esc)
+                continue
+            # \X..\ carries bytes in the message's character set: UTF-8 when they decode as such, else Latin-1.
+            try:
+                out.append(data.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append(data.decode("latin-1"))
         elif seq == ".br":
             out.append("\n")
         elif seq in {"H", "N"}:  # highlighting on/off carries no data
@@ -266,10 +282,14 @@ def parse(raw: bytes | str) -> HL7Message:
 def escape(value: str, enc: Encoding | None = None) -> str:
     """Escape delimiter characters in a value written into a message."""
     enc = enc or Encoding()
-    return (
-        value.replace(enc.escape, f"{enc.escape}E{enc.escape}")
-        .replace(enc.field, f"{enc.escape}F{enc.escape}")
-        .replace(enc.component, f"{enc.escape}S{enc.escape}")
-        .replace(enc.subcomponent, f"{enc.escape}T{enc.escape}")
-        .replace(enc.repetition, f"{enc.escape}R{enc.escape}")
+    esc = enc.escape
+    value = (
+        value.replace(esc, f"{esc}E{esc}")
+        .replace(enc.field, f"{esc}F{esc}")
+        .replace(enc.component, f"{esc}S{esc}")
+        .replace(enc.subcomponent, f"{esc}T{esc}")
+        .replace(enc.repetition, f"{esc}R{esc}")
     )
+    if any(ch in _CONTROL for ch in value):
+        value = "".join(f"{esc}X{ord(ch):02X}{esc}" if ch in _CONTROL else ch for ch in value)
+    return value

@@ -1,0 +1,103 @@
+"""A reference ERP journal-entry API for tests and the demo: a real HTTP server on a real socket.
+
+    sim = ErpSimulator("127.0.0.1", 0).start()
+    POST {sim.url}/journal-entries → 201 {"document_number": "JE-2026-000001"}
+        400 problem+json when the lines do not balance (debits ≠ credits) or fields are missing
+        409 {"detail": "duplicate external reference", "document_number": existing} for a reused
+            external_reference, as ERPs reject a duplicate reference instead of posting twice
+    GET  {sim.url}/journal-entries → 200 {"journal_entries": [...]}
+    sim.stop()
+
+`sim.entries` holds the posted entries by document number; `sim.requests` counts requests per path.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from http import HTTPStatus
+from typing import Any
+
+from connectors.simulators.http_base import JsonSimulator, Reply, problem
+
+
+class ErpSimulator(JsonSimulator):
+    """Posts balanced journal entries once per external reference."""
+
+    name = "erp-simulator"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
+        self.entries: dict[str, dict[str, Any]] = {}
+        self._by_reference: dict[str, str] = {}
+        self._sequence = 0
+
+    @property
+    def entry_count(self) -> int:
+        return len(self.entries)
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> Reply:
+        if path.rstrip("/") != "/journal-entries":
+            return super().handle(method, path, headers, body)
+        if method == "GET":
+            with self.lock:
+                return HTTPStatus.OK, {"journal_entries": list(self.entries.values())}
+        errors = validate_journal(body)
+        if errors:
+            return HTTPStatus.BAD_REQUEST, problem(
+                "Invalid journal entry", "; ".join(errors), 400, errors=errors
+            )
+        reference = str(body["external_reference"])
+        with self.lock:
+            if reference in self._by_reference:
+                return HTTPStatus.CONFLICT, {
+                    "detail": "duplicate external reference",
+                    "document_number": self._by_reference[reference],
+                }
+            self._sequence += 1
+            number = f"JE-{date.today().year}-{self._sequence:06d}"
+            self.entries[number] = {"document_number": number, "entry": body}
+            self._by_reference[reference] = number
+        return HTTPStatus.CREATED, {"document_number": number}
+
+
+def validate_journal(body: Any) -> list[str]:
+    """What is wrong with a journal entry: missing fields, bad amounts, or debits that do not equal credits."""
+    if not isinstance(body, dict):
+        return ["the journal entry must be a JSON object"]
+    errors = []
+    if not body.get("external_reference"):
+        errors.append("external_reference is required")
+    lines = body.get("lines")
+    if not isinstance(lines, list) or len(lines) < 2:
+        return [*errors, "lines must hold at least two journal lines"]
+    debit_total = credit_total = Decimal(0)
+    for index, line in enumerate(lines, start=1):
+        if not isinstance(line, dict) or not line.get("account"):
+            errors.append(f"line {index}: account is required")
+            continue
+        try:
+            debit = Decimal(str(line.get("debit") or "0"))
+            credit = Decimal(str(line.get("credit") or "0"))
+        except InvalidOperation:
+            errors.append(f"line {index}: debit and credit must be decimal amounts")
+            continue
+        if debit < 0 or credit < 0:
+            errors.append(f"line {index}: amounts must not be negative")
+        debit_total += debit
+        credit_total += credit
+    if not errors and debit_total != credit_total:
+        errors.append(f"the entry does not balance: debits {debit_total} ≠ credits {credit_total}")
+    if not errors and debit_total == 0:
+        errors.append("the entry posts no amount")
+    return errors
+
+
+def main() -> None:  # pragma: no cover - manual use: python -m connectors.simulators.erp
+    import os
+
+    ErpSimulator("127.0.0.1", int(os.getenv("PORT", "8102"))).serve_forever()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from dashboards import views
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("tiles/", views.dashboard_tiles, name="dashboard_tiles"),
+]

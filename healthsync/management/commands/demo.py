@@ -1,0 +1,254 @@
+"""Run the whole demo with one command: web console, worker, MLLP listener and the three reference systems.
+
+A small supervisor: it prepares the database, starts each process as a child with its output prefixed,
+stops them all on Ctrl-C or SIGTERM, and stops them all as well if one of them dies on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import close_old_connections, connections
+
+from healthsync.choices import Direction, Protocol, SystemKind
+from healthsync.tasks import ensure_schedules
+
+STOP_TIMEOUT = 15.0
+STOP_ORDER = [{"ehr"}, {"mllp"}, {"worker"}, {"rcm", "erp"}, {"web"}]
+
+
+@dataclass
+class Child:
+    """One supervised process and the thread that streams its output."""
+
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    reader: threading.Thread | None = None
+    expected_exit: bool = field(default=False)
+
+
+class Command(BaseCommand):
+    help = "Run the demo: migrate, load demo data, then web, worker, MLLP listener and simulators (Ctrl-C stops)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1", help="Interface every process binds to.")
+        parser.add_argument("--port-web", type=int, default=8000)
+        parser.add_argument("--port-mllp", type=int, default=2575)
+        parser.add_argument("--port-rcm", type=int, default=8101)
+        parser.add_argument("--port-erp", type=int, default=8102)
+        parser.add_argument("--rate", type=float, default=2.0, help="EHR messages per second.")
+        parser.add_argument("--missing-share", type=float, default=0.2)
+        parser.add_argument(
+            "--no-simulators", action="store_true", help="Start web, worker and listener only."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._children: list[Child] = []
+        if options["rate"] <= 0:
+            raise CommandError("--rate must be positive")
+        host = options["host"]
+        ports = {k: options[f"port_{k}"] for k in ("web", "mllp", "rcm", "erp")}
+        wanted = ["web", "mllp"] + ([] if options["no_simulators"] else ["rcm", "erp"])
+        busy = [f"{k} ({ports[k]})" for k in wanted if _port_in_use(host, ports[k])]
+        if busy:
+            raise CommandError(
+                f"Port(s) already in use on {host}: {', '.join(busy)}. Is another demo running? "
+                "Choose others with --port-web/--port-mllp/--port-rcm/--port-erp."
+            )
+
+        Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)  # whitenoise warns when it is missing
+        self.say(f"preparing the database ({settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]})")
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("load_demo", stdout=self.stdout)
+        inbound = self._point_destinations(host, ports["rcm"], ports["erp"])
+        # Safety-net schedules (work is also enqueued on commit), upserted by name.
+        ensure_schedules()
+        close_old_connections()
+        for conn in connections.all():
+            conn.close()
+
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+        manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        self._start("web", [*manage, "runserver", f"{host}:{ports['web']}", "--noreload"])
+        self._start("worker", [*manage, "qcluster"])
+        listener = [*manage, "mllp_listener", "--host", host, "--port", str(ports["mllp"])]
+        self._start("mllp", listener + (["--connector", inbound] if inbound else []))
+        if not options["no_simulators"]:
+            self._start("rcm", [*manage, "simulate_rcm", "--host", host, "--port", str(ports["rcm"])])
+            self._start("erp", [*manage, "simulate_erp", "--host", host, "--port", str(ports["erp"])])
+            # The EHR starts once the listener answers, so its first messages are not retries.
+            if self._wait_for_port(host, ports["mllp"]):
+                self._start(
+                    "ehr",
+                    [
+                        *manage,
+                        "simulate_ehr",
+                        "--host",
+                        host,
+                        "--port",
+                        str(ports["mllp"]),
+                        "--rate",
+                        str(options["rate"]),
+                        "--missing-share",
+                        str(options["missing_share"]),
+                    ],
+                )
+        if not self._stop.is_set():
+            self.say(
+                f"ready: console http://{host}:{ports['web']}/dashboard/ "
+                f"(users in README.md, password healthsync-demo); MLLP on {host}:{ports['mllp']}. "
+                "Ctrl-C stops everything."
+            )
+
+        failed = self._supervise()
+        self._stop_all()
+        if failed:
+            raise CommandError(f"{failed} stopped unexpectedly; the demo was shut down.", returncode=1)
+        self.say("all processes stopped")
+
+    # -- processes ---------------------------------------------------------------------------------
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        if self._stop.is_set():
+            return
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Each child leads its own process group: Ctrl-C in the terminal reaches only the supervisor,
+        # which then stops the children in order, and a stuck child is killed with everything it forked.
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=settings.BASE_DIR,
+            start_new_session=True,
+        )
+        child = Child(name=name, argv=argv, proc=proc)
+        assert proc.stdout is not None
+        child.reader = threading.Thread(target=self._pump, args=(name, proc.stdout), daemon=True)
+        child.reader.start()
+        self._children.append(child)
+        self.say(f"started {name} (pid {proc.pid})")
+
+    def _pump(self, name: str, stream: IO[bytes]) -> None:
+        for line in iter(stream.readline, b""):
+            self._write(f"{name:<6} | {line.decode('utf-8', errors='replace').rstrip()}")
+        stream.close()
+
+    def _supervise(self) -> str | None:
+        """Wait for a stop signal or an unexpected exit; return the name of a child that died, if any."""
+        while not self._stop.wait(0.25):
+            for child in self._children:
+                assert child.proc is not None
+                code = child.proc.poll()
+                if code is not None:
+                    self.say(
+                        f"{child.name} (pid {child.proc.pid}) exited with code {code}; stopping the rest"
+                    )
+                    return child.name
+        return None
+
+    def _stop_all(self) -> None:
+        # In stages, so nothing is cut off mid-flow: the EHR stops sending before the listener goes, the
+        # listener before the worker, and the worker finishes its deliveries before RCM and ERP go away.
+        for stage in STOP_ORDER:
+            group = [c for c in self._children if c.name in stage and c.proc is not None]
+            for child in group:
+                assert child.proc is not None
+                if child.proc.poll() is None:
+                    child.proc.terminate()
+            deadline = time.monotonic() + STOP_TIMEOUT
+            for child in group:
+                assert child.proc is not None
+                try:
+                    child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.say(f"{child.name} (pid {child.proc.pid}) did not stop in time; killing it")
+                    _kill_group(child.proc.pid)
+                    child.proc.wait()
+                # Whatever the child forked (the worker's pool) goes with it.
+                _kill_group(child.proc.pid)
+                if child.reader is not None:
+                    child.reader.join(timeout=2)
+                code = child.proc.returncode
+                self.say(
+                    f"{child.name} stopped"
+                    + (f" (exit code {code})" if code not in (0, -signal.SIGTERM) else "")
+                )
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if not self._stop.is_set():
+            self._write(f"demo   | {signal.Signals(signum).name} received; stopping")
+        self._stop.set()
+
+    def _wait_for_port(self, host: str, port: int, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if _port_in_use(host, port):
+                return True
+            if any(c.proc is not None and c.proc.poll() is not None for c in self._children):
+                return False
+            time.sleep(0.2)
+        return False
+
+    def _point_destinations(self, host: str, port_rcm: int, port_erp: int) -> str | None:
+        """Aim the seeded RCM and ERP connectors at this run's simulators; return the inbound HL7 connector."""
+        from healthsync.models import Connector
+        from healthsync.seed import SYSTEMS, connector_definitions
+
+        kinds = {spec["code"]: spec["kind"] for spec in SYSTEMS}
+        ports = {SystemKind.RCM: port_rcm, SystemKind.ERP: port_erp}
+        inbound = None
+        for spec in connector_definitions():
+            if spec["direction"] == Direction.INBOUND and spec["protocol"] == Protocol.HL7V2:
+                inbound = inbound or spec["code"]
+            port = ports.get(kinds.get(spec["system"]))
+            connector = Connector.objects.filter(code=spec["code"]).first()
+            if port is None or connector is None or "base_url" not in connector.config:
+                continue
+            url = f"http://{host}:{port}"
+            if connector.config["base_url"] != url:
+                connector.config = {**connector.config, "base_url": url}
+                connector.save(update_fields=["config", "updated_at"])
+                self.say(f"{connector.code} now delivers to {url}")
+        return inbound
+
+    # -- output ------------------------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        self._write(f"demo   | {text}")
+
+    def _write(self, line: str) -> None:
+        with self._lock:
+            self.stdout.write(line)
+            self.stdout.flush()
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

@@ -1,0 +1,370 @@
+"""Reference configuration for the walking skeleton: one EHR, one RCM, one ERP and the discharge-to-bill mappings.
+
+`seed_reference_config()` is idempotent: it creates what is missing and leaves what exists alone, so a mapping
+or connector the governance board has since changed is never overwritten by a re-run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from healthsync.choices import Direction, Lane, Protocol, SystemKind, Transform, VersionStatus
+from healthsync.models import (
+    Connector,
+    DataOwnership,
+    MappingRule,
+    MappingSet,
+    MappingVersion,
+    SchemaVersion,
+    System,
+)
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+SYSTEMS = [
+    {"code": "ehr-main", "name": "Hospital EHR", "kind": SystemKind.EHR},
+    {"code": "rcm-main", "name": "Revenue cycle (RCM)", "kind": SystemKind.RCM},
+    {"code": "erp-main", "name": "ERP general ledger", "kind": SystemKind.ERP},
+]
+
+
+def _rule(
+    target: str,
+    source: str = "",
+    transform: str = Transform.NONE,
+    argument: dict[str, Any] | None = None,
+    *,
+    required: bool = False,
+    description: str = "",
+) -> dict[str, Any]:
+    return {
+        "target": target,
+        "source": source,
+        "transform": transform,
+        "argument": argument or {},
+        "required": required,
+        "description": description,
+    }
+
+
+def _visit_rules(*, admit_required: bool) -> list[dict[str, Any]]:
+    """Rules every ADT message shares: patient, visit, attending, diagnoses and coverage."""
+    return [
+        _rule("encounter_id", "PV1-19.1", required=True, description="Visit number"),
+        _rule("account_number", "PID-18.1", description="Patient account number"),
+        _rule("patient.mrn", "PID-3.1", required=True, description="Medical record number"),
+        _rule("patient.family_name", "PID-5.1"),
+        _rule("patient.given_name", "PID-5.2"),
+        _rule("patient.name", "", Transform.CONCAT, {"sources": ["PID-5.2", "PID-5.1"], "separator": " "}),
+        _rule("patient.birth_date", "PID-7.1", Transform.HL7_DATE),
+        _rule("patient.sex", "PID-8.1", Transform.UPPER),
+        _rule("patient_class", "PV1-2.1", Transform.UPPER, required=True, description="I/O/E/P/R/B"),
+        _rule("facility", "PV1-3.4|MSH-4.1", description="Facility: the visit location, else the sender"),
+        _rule(
+            "location", "", Transform.CONCAT, {"sources": ["PV1-3.1", "PV1-3.2", "PV1-3.3"], "separator": "-"}
+        ),
+        _rule("admission_type", "PV1-4.1"),
+        _rule("attending.id", "PV1-7.1", description="Attending physician id (NPI)"),
+        _rule("attending.name", "", Transform.CONCAT, {"sources": ["PV1-7.3", "PV1-7.2"], "separator": " "}),
+        _rule("hospital_service", "PV1-10.1"),
+        _rule("financial_class", "PV1-20.1"),
+        _rule("admitted_at", "PV1-44.1", Transform.HL7_DATETIME, required=admit_required),
+        _rule("diagnoses[].code", "DG1[*]-3.1", description="ICD-10-CM"),
+        _rule("diagnoses[].description", "DG1[*]-3.2"),
+        _rule("diagnoses[].type", "DG1[*]-6.1", description="A admitting, W working, F final"),
+        _rule("coverage.plan_id", "IN1-2.1"),
+        _rule("coverage.payer_id", "IN1-3.1"),
+        _rule("coverage.payer_name", "IN1-4.1"),
+        _rule("coverage.group_number", "IN1-8.1"),
+        _rule("coverage.policy_number", "IN1-36.1"),
+    ]
+
+
+def mapping_definitions() -> list[dict[str, Any]]:
+    """The reference mapping sets and their version-1 rules."""
+    return [
+        {
+            "code": "ehr-adt-a01-admitted",
+            "name": "EHR admission",
+            "protocol": Protocol.HL7V2,
+            "message_type": "ADT^A01",
+            "event_type": "encounter.admitted",
+            "rules": [
+                *_visit_rules(admit_required=True),
+                _rule("event.occurred_at", "PV1-44.1|EVN-2.1|MSH-7.1", Transform.HL7_DATETIME),
+            ],
+        },
+        {
+            "code": "ehr-adt-a03-discharged",
+            "name": "EHR discharge",
+            "protocol": Protocol.HL7V2,
+            "message_type": "ADT^A03",
+            "event_type": "encounter.discharged",
+            "rules": [
+                *_visit_rules(admit_required=False),
+                _rule("discharged_at", "PV1-45.1", Transform.HL7_DATETIME, required=True),
+                _rule("disposition", "PV1-36.1", description="Discharge disposition"),
+                _rule("event.occurred_at", "PV1-45.1", Transform.HL7_DATETIME),
+            ],
+        },
+        {
+            "code": "ehr-dft-p03-charges",
+            "name": "EHR charges",
+            "protocol": Protocol.HL7V2,
+            "message_type": "DFT^P03",
+            "event_type": "charge.posted",
+            "rules": [
+                _rule("encounter_id", "PV1-19.1", required=True),
+                _rule("account_number", "PID-18.1"),
+                _rule("patient.mrn", "PID-3.1", required=True),
+                _rule("facility", "PV1-3.4|MSH-4.1"),
+                _rule("charges[].charge_id", "FT1[*]-2.1", required=True, description="Transaction id"),
+                _rule("charges[].service_date", "FT1[*]-4.1", Transform.HL7_DATETIME),
+                _rule("charges[].posted_at", "FT1[*]-5.1", Transform.HL7_DATETIME),
+                _rule(
+                    "charges[].type",
+                    "FT1[*]-6.1",
+                    Transform.DEFAULT,
+                    {"value": "CG"},
+                    description="CG charge, CD credit, PY payment, AJ adjustment",
+                ),
+                _rule("charges[].chargemaster_code", "FT1[*]-7.1"),
+                _rule("charges[].description", "FT1[*]-7.2"),
+                _rule("charges[].quantity", "FT1[*]-10.1", Transform.DECIMAL),
+                _rule("charges[].amount", "FT1[*]-11.1", Transform.DECIMAL, required=True),
+                _rule("charges[].department", "FT1[*]-13.1"),
+                _rule("charges[].cpt", "FT1[*]-25.1"),
+                _rule("event.occurred_at", "FT1-5.1|MSH-7.1", Transform.HL7_DATETIME),
+            ],
+        },
+    ]
+
+
+_STRING = {"type": "string"}
+_NONEMPTY = {"type": "string", "minLength": 1}
+_DATETIME = {"type": "string", "format": "date-time"}
+_DECIMAL = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}
+_PATIENT = {
+    "type": "object",
+    "required": ["mrn"],
+    "properties": {
+        "mrn": _NONEMPTY,
+        "family_name": _STRING,
+        "given_name": _STRING,
+        "name": _STRING,
+        "birth_date": {"type": "string", "format": "date"},
+        "sex": _STRING,
+    },
+}
+_ENCOUNTER_PROPERTIES = {
+    "encounter_id": _NONEMPTY,
+    "account_number": _STRING,
+    "patient": _PATIENT,
+    "patient_class": {"type": "string", "maxLength": 10},
+    "facility": _STRING,
+    "location": _STRING,
+    "admission_type": _STRING,
+    "attending": {"type": "object", "properties": {"id": _STRING, "name": _STRING}},
+    "hospital_service": _STRING,
+    "financial_class": _STRING,
+    "admitted_at": _DATETIME,
+    "discharged_at": _DATETIME,
+    "disposition": _STRING,
+    "diagnoses": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["code"],
+            "properties": {"code": _NONEMPTY, "description": _STRING, "type": _STRING},
+        },
+    },
+    "coverage": {
+        "type": "object",
+        "properties": {
+            "plan_id": _STRING,
+            "payer_id": _STRING,
+            "payer_name": _STRING,
+            "group_number": _STRING,
+            "policy_number": _STRING,
+        },
+    },
+}
+
+
+def schema_definitions() -> dict[str, dict[str, Any]]:
+    """JSON Schemas (draft 2020-12), version 1.0.0, per canonical event type.
+
+    Coverage and diagnoses are optional on a discharge on purpose: an incomplete account is a business
+    exception the discharge-to-bill workflow raises, not a malformed event.
+    """
+    return {
+        "encounter.admitted": {
+            "$schema": JSON_SCHEMA_DIALECT,
+            "title": "encounter.admitted",
+            "type": "object",
+            "required": ["encounter_id", "patient", "patient_class", "admitted_at"],
+            "properties": _ENCOUNTER_PROPERTIES,
+        },
+        "encounter.discharged": {
+            "$schema": JSON_SCHEMA_DIALECT,
+            "title": "encounter.discharged",
+            "type": "object",
+            "required": ["encounter_id", "patient", "discharged_at"],
+            "properties": _ENCOUNTER_PROPERTIES,
+        },
+        "charge.posted": {
+            "$schema": JSON_SCHEMA_DIALECT,
+            "title": "charge.posted",
+            "type": "object",
+            "required": ["encounter_id", "patient", "charges"],
+            "properties": {
+                "encounter_id": _NONEMPTY,
+                "account_number": _STRING,
+                "patient": _PATIENT,
+                "facility": _STRING,
+                "charges": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["charge_id", "amount"],
+                        "properties": {
+                            "charge_id": _NONEMPTY,
+                            "service_date": _DATETIME,
+                            "posted_at": _DATETIME,
+                            "type": {"enum": ["CG", "CD", "PY", "AJ"]},
+                            "chargemaster_code": _STRING,
+                            "description": _STRING,
+                            "quantity": _DECIMAL,
+                            "amount": _DECIMAL,
+                            "department": _STRING,
+                            "cpt": _STRING,
+                        },
+                    },
+                },
+            },
+        },
+    }
+
+
+def connector_definitions() -> list[dict[str, Any]]:
+    rcm_url = getattr(settings, "HEALTHSYNC_RCM_URL", "http://127.0.0.1:8101")
+    erp_url = getattr(settings, "HEALTHSYNC_ERP_URL", "http://127.0.0.1:8102")
+    return [
+        {
+            "system": "ehr-main",
+            "code": "ehr-adt-mllp",
+            "name": "EHR ADT/DFT feed (MLLP)",
+            "direction": Direction.INBOUND,
+            "protocol": Protocol.HL7V2,
+            "lane": Lane.CLINICAL,
+            "config": {"port": 2575, "accepted_types": ["ADT^A01", "ADT^A03", "DFT^P03"]},
+        },
+        {
+            "system": "rcm-main",
+            "code": "rcm-claims",
+            "name": "RCM claims API",
+            "direction": Direction.OUTBOUND,
+            "protocol": Protocol.REST,
+            "lane": Lane.FINANCIAL,
+            "config": {
+                "base_url": rcm_url,
+                "operations": {
+                    "submit_claim": {"method": "POST", "path": "/claims", "result_field": "claim_id"}
+                },
+            },
+        },
+        {
+            "system": "erp-main",
+            "code": "erp-journals",
+            "name": "ERP journal entries API",
+            "direction": Direction.OUTBOUND,
+            "protocol": Protocol.REST,
+            "lane": Lane.FINANCIAL,
+            "config": {
+                "base_url": erp_url,
+                "operations": {
+                    "post_accrual": {
+                        "method": "POST",
+                        "path": "/journal-entries",
+                        "result_field": "document_number",
+                    }
+                },
+            },
+        },
+    ]
+
+
+OWNERSHIP = [
+    ("encounter", "ehr-main", "The EHR registers and discharges encounters."),
+    ("coverage", "ehr-main", "Registration captures insurance in the EHR."),
+    ("claim", "rcm-main", "Claims are built and tracked in the revenue-cycle system."),
+    ("journal", "erp-main", "The general ledger is the ERP's."),
+]
+
+
+@transaction.atomic
+def seed_reference_config(*, actor: User | None = None) -> None:
+    """Create the reference systems, connectors, mappings, schemas and data ownership if they are missing."""
+    now = timezone.now()
+    systems = {}
+    for spec in SYSTEMS:
+        systems[spec["code"]], _ = System.objects.get_or_create(
+            code=spec["code"], defaults={"name": spec["name"], "kind": spec["kind"]}
+        )
+    for spec in connector_definitions():
+        spec = dict(spec)
+        system = systems[spec.pop("system")]
+        code = spec.pop("code")
+        Connector.objects.get_or_create(code=code, defaults={"system": system, **spec})
+    for event_type, schema in schema_definitions().items():
+        if not SchemaVersion.objects.filter(event_type=event_type).exists():
+            SchemaVersion.objects.create(
+                event_type=event_type,
+                version="1.0.0",
+                json_schema=schema,
+                status=VersionStatus.ACTIVE,
+                created_by=actor,
+                approved_by=actor,
+                approved_at=now,
+            )
+    for spec in mapping_definitions():
+        mapping_set, _ = MappingSet.objects.get_or_create(
+            code=spec["code"],
+            defaults={
+                "name": spec["name"],
+                "protocol": spec["protocol"],
+                "message_type": spec["message_type"],
+                "event_type": spec["event_type"],
+                "description": "Reference mapping seeded with the walking skeleton.",
+            },
+        )
+        if mapping_set.versions.exists():
+            continue
+        version = MappingVersion.objects.create(
+            mapping_set=mapping_set,
+            number=1,
+            status=VersionStatus.ACTIVE,
+            note="Reference mapping (seed).",
+            created_by=actor,
+            approved_by=actor,
+            approved_at=now,
+            activated_at=now,
+        )
+        MappingRule.objects.bulk_create(
+            MappingRule(version=version, position=position, **rule)
+            for position, rule in enumerate(spec["rules"], start=1)
+        )
+        mapping_set.active_version = version
+        mapping_set.save(update_fields=["active_version"])
+    for domain, system_code, note in OWNERSHIP:
+        DataOwnership.objects.get_or_create(
+            domain=domain, field="", defaults={"system": systems[system_code], "note": note}
+        )

@@ -1,0 +1,329 @@
+"""The fast HL7 v2 reader, checked field by field against hl7apy on a varied corpus, plus property tests."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hl7apy.base_datatypes import TextualDataType
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connectors.hl7v2.ack import MLLPDecoder, build_ack, mllp_frame
+from connectors.hl7v2.reader import Encoding, HL7Message, HL7ParseError, escape, parse
+
+# hl7apy drops empty repetitions (a~~b), which would shift repetition numbers, so the corpus has none.
+CORPUS: dict[str, str] = {
+    "adt_a01_v251": "\r".join(
+        [
+            "MSH|^~\\&|EPIC|GENHOSP|HEALTHSYNC|HS|20250101120000||ADT^A01^ADT_A01|A01-0001|P|2.5.1",
+            "EVN|A01|20250101120000",
+            "PID|1||MRN001^^^GENHOSP^MR~555-11-2222^^^SSA^SS||DOE^JANE^Q^^DR||19800101|F|||1 MAIN ST^^SPRINGFIELD^IL^62701",
+            "PV1|1|I|4W^401^1^GENHOSP||||1234^SMITH^JOHN^^^DR|||MED||||||||V0001^^^GENHOSP^VN|BC",
+            "IN1|1|PLAN01|BCBS01|BLUE CROSS|||||GRP9||||20250101|20251231",
+        ]
+    ),
+    "adt_a03_v23_lf": "\n".join(
+        [
+            "MSH|^~\\&|CERNER|MERCY|HEALTHSYNC|HS|20250102083000||ADT^A03|A03-77|P|2.3",
+            "EVN|A03|20250102083000",
+            "PID|1||MRN002^^^MERCY^MR||ROE^RICHARD||19550505|M",
+            "PV1|1|I|3E^301^2||||||||||||||||V0002|||||||||||||||||||01||||||||20241228090000|20250102080000",
+        ]
+    ),
+    "adt_a04_v24_crlf": "\r\n".join(
+        [
+            "MSH|^~\\&|MEDITECH|CLINIC|HEALTHSYNC|HS|202501031000||ADT^A04^ADT_A01|A04-9|P|2.4",
+            "EVN|A04|202501031000",
+            "PID|1||MRN003^^^CLINIC^MR||O\\T\\BRIEN^SEAN||19900909|M",
+            "PV1|1|O|CLINIC^^^MAIN||||||||||||||||V0003",
+        ]
+    ),
+    "adt_a08_v26_escapes": "\r".join(
+        [
+            "MSH|^~\\&|EPIC|GENHOSP|HEALTHSYNC|HS|20250104110000||ADT^A08^ADT_A01|A08-1|P|2.6",
+            "EVN|A08|20250104110000",
+            "PID|1||MRN004^^^GENHOSP^MR||SMITH\\S\\JONES^ANN\\F\\MARIE||19700101|F",
+            "NTE|1||pipe \\F\\ caret \\S\\ amp \\T\\ tilde \\R\\ backslash \\E\\ hex \\X41\\ end",
+            "PV1|1|E|ED^01^01",
+        ]
+    ),
+    "dft_p03_v251": "\r".join(
+        [
+            "MSH|^~\\&|EPIC|GENHOSP|RCM|RCM|20250105120000||DFT^P03^DFT_P03|P03-5|P|2.5.1",
+            "EVN|P03|20250105120000",
+            "PID|1||MRN001^^^GENHOSP^MR||DOE^JANE",
+            "PV1|1|I|4W^401^1||||||||||||||||V0001",
+            "FT1|1|CHG001||20250104|20250105|CG|CDM100^CBC^LOCAL|||1|25.00^USD|25.00^USD|LAB||||||I10^Essential hypertension^I10|||||85025^CBC^CPT",
+            "FT1|2|CHG002||20250104|20250105|CG|CDM200^XRAY^LOCAL|||2|300.00^USD|150.00^USD|RAD",
+        ]
+    ),
+    "oru_r01_v251_subcomponents": "\r".join(
+        [
+            "MSH|^~\\&|LAB|GENHOSP|HEALTHSYNC|HS|20250106090000||ORU^R01^ORU_R01|R01-3|P|2.5.1",
+            "PID|1||MRN001^^^GENHOSP&1.2.840.114350&ISO^MR||DOE^JANE",
+            "OBR|1|ORD1|FIL1|85025^CBC^CPT",
+            "OBX|1|NM|718-7^Hemoglobin^LN||13.5|g/dL^grams per deciliter^UCUM|12.0-16.0|N|||F",
+            "OBX|2|ST|8867-4^Heart rate^LN||72|/min|||||F",
+        ]
+    ),
+    "bar_p05_v251_coding": "\r".join(
+        [
+            "MSH|^~\\&|3M|CODING|RCM|RCM|20250107100000||BAR^P05^BAR_P05|P05-2|P|2.5.1",
+            "EVN|P05|20250107100000",
+            "PID|1||MRN002^^^MERCY^MR||ROE^RICHARD",
+            "PV1|1|I|3E^301^2||||||||||||||||V0002",
+            "DG1|1||I21.4^NSTEMI^I10||20250101|F||||||||||1",
+            "DG1|2||E11.9^Type 2 diabetes^I10||20250101|F||||||||||2",
+            "PR1|1||02703ZZ^Dilation of coronary artery^I10P||20250101100000",
+            "DRG|280^AMI W MCC^MS",
+        ]
+    ),
+    "adt_a01_v27_zsegment": "\r".join(
+        [
+            "MSH|^~\\&|EPIC|GENHOSP|HEALTHSYNC|HS|20250108120000||ADT^A01^ADT_A01|Z-1|P|2.7",
+            "EVN|A01|20250108120000",
+            "PID|1||MRN005^^^GENHOSP^MR||LEE^MIN||19850303|F",
+            "PV1|1|I|5N^501^1",
+            "ZPI|1|custom^value&sub1&sub2~second^rep|flag",
+        ]
+    ),
+    "adt_a01_v28": "\r".join(
+        [
+            "MSH|^~\\&|EPIC|GENHOSP|HEALTHSYNC|HS|20250109120000||ADT^A01^ADT_A01|V28-1|P|2.8",
+            "EVN||20250109120000",
+            "PID|1||MRN006^^^GENHOSP^MR||PARK^JI||19920202|M",
+            "PV1|1|I|6S^601^1||||||||||||||||V0006",
+        ]
+    ),
+    "adt_a03_v231": "\r".join(
+        [
+            "MSH|^~\\&|ALLSCRIPTS|NORTH|HEALTHSYNC|HS|20250110150000||ADT^A03|A03-231|P|2.3.1",
+            "EVN|A03|20250110150000",
+            "PID|1||MRN007^^^NORTH^MR||KIM^JOON||19600606|M",
+            "PV1|1|I|2W^201^1||||||||||||||||V0007",
+        ]
+    ),
+    "adt_a01_v25_latin1": "\r".join(
+        [
+            "MSH|^~\\&|SAP|KLINIK|HEALTHSYNC|HS|20250111120000||ADT^A01^ADT_A01|L1-1|P|2.5|||||DEU|8859/1",
+            "EVN|A01|20250111120000",
+            "PID|1||MRN008^^^KLINIK^MR||MÜLLER^JOSÉ||19750707|M",
+            "PV1|1|I|1A^101^1",
+        ]
+    ),
+}
+
+
+def _encoded(name: str) -> bytes:
+    return CORPUS[name].encode("latin-1" if "latin1" in name else "utf-8")
+
+
+def _index(name: str | None, position: int) -> int:
+    # hl7apy names known children after their datatype position (CX_4); unknown ones keep their order.
+    match = re.search(r"_(\d+)$", name or "")
+    return int(match.group(1)) if match else position
+
+
+def _leaf(sub: object) -> str:
+    datatype = getattr(sub, "value", None)
+    if isinstance(datatype, TextualDataType):
+        value = datatype.value  # as written, escapes and all
+    elif hasattr(datatype, "to_er7"):
+        value = datatype.to_er7()  # dates and numbers back in their wire form
+    else:
+        value = datatype
+    return "" if value is None else str(value)
+
+
+def hl7apy_leaves(text: str) -> list[tuple[str, str]]:
+    """(reader path, expected value) for every sub-component hl7apy finds."""
+    # hl7apy only splits segments on CR; line endings are the reader's business, not the reference's.
+    text = re.sub(r"\r\n|\n", "\r", text)
+    message = parse_message(text, find_groups=False, validation_level=VALIDATION_LEVEL.TOLERANT)
+    out: list[tuple[str, str]] = []
+    occurrences: dict[str, int] = {}
+    for segment in message.children:
+        occurrences[segment.name] = occ = occurrences.get(segment.name, 0) + 1
+        repetitions: dict[str, int] = {}
+        for field in segment.children:
+            number = int(field.name.rsplit("_", 1)[1])
+            if segment.name == "MSH" and number in (1, 2):
+                continue
+            repetitions[field.name] = rep = repetitions.get(field.name, 0) + 1
+            for c_pos, component in enumerate(field.children, start=1):
+                comp = _index(component.name, c_pos)
+                for s_pos, sub in enumerate(component.children, start=1):
+                    s = _index(sub.name, s_pos) if len(component.children) > 1 else 1
+                    path = f"{segment.name}[{occ}]-{number}[{rep}].{comp}.{s}"
+                    out.append((path, _leaf(sub)))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_it_reads_every_value_hl7apy_reads(name: str) -> None:
+    message = parse(_encoded(name))
+    leaves = hl7apy_leaves(message.text)
+
+    assert len(leaves) > 10
+    for path, expected in leaves:
+        assert message.get(path) == message.encoding.unescape(expected), path
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_it_finds_the_same_segments_as_hl7apy(name: str) -> None:
+    message = parse(_encoded(name))
+    theirs = parse_message(
+        re.sub(r"\r\n|\n", "\r", message.text), find_groups=False, validation_level=VALIDATION_LEVEL.TOLERANT
+    )
+
+    assert message.segment_names() == [s.name for s in theirs.children]
+
+
+def test_it_reads_the_header_the_listener_needs() -> None:
+    header = parse(_encoded("dft_p03_v251")).header
+
+    assert header.control_id == "P03-5"
+    assert header.message_type == "DFT^P03"
+    assert header.sender == "EPIC^GENHOSP"
+    assert header.receiving_application == "RCM"
+    assert header.version == "2.5.1"
+    assert header.processing_id == "P"
+
+
+def test_it_reads_a_v23_message_type_without_structure() -> None:
+    assert parse(_encoded("adt_a03_v23_lf")).header.message_type == "ADT^A03"
+
+
+def test_it_unescapes_every_standard_sequence() -> None:
+    message = parse(_encoded("adt_a08_v26_escapes"))
+
+    assert message.get("NTE-3") == "pipe | caret ^ amp & tilde ~ backslash \\ hex A end"
+    assert message.get("PID-5.1") == "SMITH^JONES"
+    assert message.get("PID-5.2") == "ANN|MARIE"
+    assert parse(_encoded("adt_a04_v24_crlf")).get("PID-5.1") == "O&BRIEN"
+
+
+def test_it_reads_repetitions_components_and_subcomponents() -> None:
+    message = parse(_encoded("adt_a01_v27_zsegment"))
+
+    assert message.get("ZPI-2.2.1") == "value"
+    assert message.get("ZPI-2.2.3") == "sub2"
+    assert message.get("ZPI-2[2].2") == "rep"
+    assert message.get_all("ZPI-2[*].1") == ["custom", "second"]
+    assert parse(_encoded("oru_r01_v251_subcomponents")).get("PID-3.4.2") == "1.2.840.114350"
+
+
+def test_it_reads_every_occurrence_of_a_segment() -> None:
+    message = parse(_encoded("bar_p05_v251_coding"))
+
+    assert message.get_all("DG1[*]-3.1") == ["I21.4", "E11.9"]
+    assert message.get("DG1[2]-3.2") == "Type 2 diabetes"
+    assert message.get("DG1[3]-3.1") == ""
+
+
+def test_it_decodes_latin1_when_msh18_says_8859_1() -> None:
+    message = parse(_encoded("adt_a01_v25_latin1"))
+
+    assert message.get("PID-5.1") == "MÜLLER"
+    assert message.get("PID-5.2") == "JOSÉ"
+    assert message.header.charset == "8859/1"
+
+
+def test_it_reads_latin1_sent_without_msh18() -> None:
+    raw = CORPUS["adt_a01_v25_latin1"].replace("|||||DEU|8859/1", "").encode("latin-1")
+
+    assert parse(raw).get("PID-5.1") == "MÜLLER"
+
+
+def test_it_decodes_hex_escapes_as_utf8_in_a_utf8_message() -> None:
+    raw = b"MSH|^~\\&|A|B|C|D|20250101||ADT^A01|1|P|2.5.1\rNTE|1||caf\\XC3A9\\"
+
+    assert parse(raw).get("NTE-3") == "café"
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"", "100"),
+        (b"hello world", "100"),
+        (b"PID|1||MRN001\rPV1|1|I", "100"),
+        (b"MSH|^~", "102"),
+        (b"MSHA^~\\&|A|B", "102"),
+        (b"MSH|^^\\&|A|B", "102"),
+        (b"MSH|^~\\&|A|B|C|D|2025||ADT^A01|1|P|2.5\rpid|1", "100"),
+        (b"MSH|^~\\&|A|B|C|D|2025||ADT^A01|1|P|2.5\x00", "102"),
+        ("MSH|^~\\&|A|B|C|D|2025||ADT^A01|1|P|2.5|||||DEU|ASCII\rPID|1||É".encode("latin-1"), "102"),
+    ],
+)
+def test_it_rejects_unusable_input_with_a_table_0357_code(raw: bytes, code: str) -> None:
+    with pytest.raises(HL7ParseError) as caught:
+        parse(raw)
+    assert caught.value.code == code
+    assert caught.value.message
+
+
+def test_it_refuses_a_path_that_is_not_hl7() -> None:
+    with pytest.raises(ValueError, match="Not an HL7 path"):
+        parse(_encoded("adt_a01_v251")).get("PID.3")
+
+
+# Properties ----------------------------------------------------------------------------------------
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
+
+
+@given(_text)
+def test_escape_then_unescape_gives_the_value_back(value: str) -> None:
+    assert Encoding().unescape(escape(value)) == value
+
+
+@given(_text)
+def test_an_escaped_value_survives_a_message_round_trip(value: str) -> None:
+    raw = f"MSH|^~\\&|A|B|C|D|2025||ADT^A01|1|P|2.5.1\rPID|1||{escape(value)}^x&y~z|F".encode()
+    message = parse(raw)
+
+    assert message.get("PID-3.1") == value
+    assert message.get("PID-3.2.2") == "y"
+    assert message.get("PID-3[2]") == "z"
+    assert message.get("PID-4") == "F"
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_give_a_message_or_a_parse_error(raw: bytes) -> None:
+    _parse_without_crashing(raw)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_after_an_msh_give_a_message_or_a_parse_error(tail: bytes) -> None:
+    _parse_without_crashing(b"MSH" + tail)
+    _parse_without_crashing(b"MSH|^~\\&|" + tail)
+
+
+def _parse_without_crashing(raw: bytes) -> None:
+    try:
+        message = parse(raw)
+    except HL7ParseError as exc:
+        assert exc.code in {"100", "101", "102"}
+        return
+    assert isinstance(message, HL7Message)
+    header = message.header
+    # Whatever was read, an ACK can be built for it.
+    assert build_ack(header, "AA").startswith("MSH")
+
+
+@given(st.lists(st.binary(max_size=80).filter(lambda b: b"\x1c\x0d" not in b), max_size=5), st.integers(1, 7))
+def test_mllp_frames_survive_any_chunking(payloads: list[bytes], chunk: int) -> None:
+    stream = b"".join(mllp_frame(p) for p in payloads)
+    decoder = MLLPDecoder()
+    frames = []
+    for i in range(0, len(stream), chunk):
+        frames += decoder.feed(stream[i : i + chunk])
+    frames += decoder.close()
+
+    assert [f.payload for f in frames] == payloads
+    assert not any(f.junk for f in frames)
