@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import traceback
 from datetime import timedelta
 from typing import Any
 
@@ -216,9 +217,17 @@ def _raise_exception(delivery: Delivery, kind: str, exc: ConnectorError) -> Exce
 
 
 def _notify(delivery: Delivery) -> None:
+    """Tell the workflow; a bug in its handler must not undo the recorded outcome of a real effect."""
     handler = workflow_registry.delivery_handlers.get(delivery.workflow)
-    if handler is not None:
-        handler(delivery)
+    if handler is None:
+        return
+    try:
+        with transaction.atomic():
+            handler(delivery)
+    except Exception:
+        logger.exception("delivery %s: the %s handler failed", delivery.pk, delivery.workflow)
+        trace = traceback.format_exc()
+        Delivery.objects.filter(pk=delivery.pk).update(last_error=f"Workflow handler failed:\n{trace}"[:4000])
 
 
 def delivery_reset(*, delivery: Delivery) -> Delivery:

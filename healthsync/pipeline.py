@@ -211,6 +211,8 @@ def _emit(message: Message, parsed: Any, mapping_set: MappingSet, control_id: st
     subject = str(envelope.get("subject") or data.get("encounter_id") or control_id)
     idempotency_key = f"{system.code}:{event_type}:{control_id}"
     if CanonicalEvent.objects.filter(idempotency_key=idempotency_key).exists():
+        # Already emitted (a replay or a second copy): keep the message findable by its business key.
+        message.business_key = subject
         return None
     try:
         with transaction.atomic():

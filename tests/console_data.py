@@ -7,7 +7,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import pytest
 from django.utils import timezone
 
 from healthsync.choices import Direction, ExceptionKind, ExceptionStatus, Protocol, SystemKind
@@ -31,12 +30,6 @@ ADT_A03 = (
     f"PID|1||{PATIENT_MRN}^^^GENHOSP^MR||{PATIENT_NAME}||19800101|F\r"
     f"{_pv1()}\r"
 )
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings: Any) -> None:
-    """Role fixtures hash a password each; PBKDF2 at full strength costs most of a test's time."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def connector(code: str = "epic-adt", protocol: str = Protocol.HL7V2) -> Connector:

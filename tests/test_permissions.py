@@ -9,7 +9,6 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from tests import console_data
-from tests.console_data import fast_password_hashing  # noqa: F401
 
 ROLES = ["board_member", "rcm_analyst", "executive", "engineer", "outsider"]
 

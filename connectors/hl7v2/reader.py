@@ -250,20 +250,33 @@ class HL7Message:
 
     @cached_property
     def header(self) -> Header:
+        # Read straight from the MSH fields: the listener needs this for every message, paths cost more.
+        msh = self.segments[0]
+        enc = self.encoding
+
+        def value(n: int, component: int | None = 1) -> str:
+            if n >= len(msh):
+                return ""
+            raw = msh[n].split(enc.repetition, 1)[0]
+            if component is not None:
+                parts = raw.split(enc.component)
+                raw = parts[component - 1] if component <= len(parts) else ""
+            return enc.unescape(raw)
+
         return Header(
-            sending_application=self.get("MSH-3.1"),
-            sending_facility=self.get("MSH-4.1"),
-            receiving_application=self.get("MSH-5.1"),
-            receiving_facility=self.get("MSH-6.1"),
-            timestamp=self.get("MSH-7.1"),
-            message_type=_message_type(self.get("MSH-9.1"), self.get("MSH-9.2")),
-            control_id=self.get("MSH-10"),
-            processing_id=self.get("MSH-11.1"),
-            version=self.get("MSH-12.1"),
-            charset=self.get("MSH-18"),
-            accept_ack_type=self.get("MSH-15"),
-            application_ack_type=self.get("MSH-16"),
-            encoding=self.encoding,
+            sending_application=value(3),
+            sending_facility=value(4),
+            receiving_application=value(5),
+            receiving_facility=value(6),
+            timestamp=value(7),
+            message_type=_message_type(value(9), value(9, 2)),
+            control_id=value(10, None),
+            processing_id=value(11),
+            version=value(12),
+            charset=value(18, None),
+            accept_ack_type=value(15, None),
+            application_ack_type=value(16, None),
+            encoding=enc,
         )
 
 

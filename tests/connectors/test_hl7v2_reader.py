@@ -327,3 +327,79 @@ def test_mllp_frames_survive_any_chunking(payloads: list[bytes], chunk: int) -> 
 
     assert [f.payload for f in frames] == payloads
     assert not any(f.junk for f in frames)
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_the_header_agrees_with_path_reads(name: str) -> None:
+    message = parse(_encoded(name))
+    header = message.header
+
+    assert header.sender == f"{message.get('MSH-3.1')}^{message.get('MSH-4.1')}"
+    assert header.control_id == message.get("MSH-10")
+    assert header.message_type.split("^") == [
+        v for v in (message.get("MSH-9.1"), message.get("MSH-9.2")) if v
+    ]
+    assert header.version == message.get("MSH-12.1")
+    assert header.charset == message.get("MSH-18")
+
+
+# ACKs and MLLP framing ---------------------------------------------------------------------------------
+
+
+def test_an_ack_for_garbage_has_an_empty_msa2_and_an_err_segment() -> None:
+    segments = build_ack(None, "AR", text="not HL7", error_code="100").rstrip("\r").split("\r")
+
+    assert segments[0].startswith("MSH|^~\\&|HEALTHSYNC|")
+    assert segments[0].split("|")[8] == "ACK"
+    assert segments[1] == "MSA|AR||not HL7"
+    assert segments[2] == "ERR|||100^Segment sequence error^HL70357|E||||not HL7"
+
+
+def test_an_ack_swaps_sender_and_receiver_and_echoes_the_version() -> None:
+    header = parse(_encoded("adt_a03_v231")).header
+    msh, msa = build_ack(header, "AA").split("\r")[:2]
+    fields = msh.split("|")
+
+    assert fields[2:6] == ["HEALTHSYNC", "HS", "ALLSCRIPTS", "NORTH"]
+    assert fields[8] == "ACK^A03^ACK"
+    assert fields[9] and fields[9] != "A03-231"
+    assert fields[11] == "2.3.1"
+    assert msa == "MSA|AA|A03-231|"
+
+
+def test_an_enhanced_mode_ack_uses_commit_codes() -> None:
+    header = parse(_encoded("dft_p03_v251")).header
+
+    assert "\rMSA|CA|P03-5|" in build_ack(header, "AA", enhanced=True)
+    assert "\rMSA|CE|P03-5|" in build_ack(header, "AE", enhanced=True)
+
+
+def test_an_ack_refuses_an_unknown_code() -> None:
+    with pytest.raises(ValueError, match="acknowledgement code"):
+        build_ack(None, "OK")
+
+
+def test_the_decoder_tolerates_a_block_without_its_start_byte() -> None:
+    frames = MLLPDecoder().feed(b"MSH|^~\\&|A\x1c\x0d\x0bMSH|^~\\&|B\x1c\x0d")
+
+    assert [f.payload for f in frames] == [b"MSH|^~\\&|A", b"MSH|^~\\&|B"]
+    assert not any(f.junk for f in frames)
+
+
+def test_the_decoder_returns_bytes_outside_a_block_as_junk() -> None:
+    decoder = MLLPDecoder()
+    frames = decoder.feed(b"\r\nGET / HTTP/1.1\x0bMSH|^~\\&|A\x1c\x0dtrailing")
+    frames += decoder.close()
+
+    assert [(f.payload, f.junk) for f in frames] == [
+        (b"GET / HTTP/1.1", True),
+        (b"MSH|^~\\&|A", False),
+        (b"trailing", True),
+    ]
+    assert frames[0].reason
+
+
+def test_the_decoder_cuts_an_oversized_block() -> None:
+    frames = MLLPDecoder(max_frame_bytes=10).feed(b"\x0b" + b"x" * 20)
+
+    assert len(frames) == 1 and frames[0].junk

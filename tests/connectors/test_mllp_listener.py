@@ -237,6 +237,7 @@ def test_it_rejects_bytes_outside_an_mllp_block_and_keeps_them(listener: MLLPLis
     assert bytes(junk.raw) == b"HELLO?"
 
 
+@pytest.mark.django_db  # no socket, no second connection: a rolled-back transaction is enough
 def test_it_uses_the_connector_configured_for_the_port(connector: Connector) -> None:
     other = Connector.objects.create(
         system=connector.system,
@@ -252,6 +253,7 @@ def test_it_uses_the_connector_configured_for_the_port(connector: Connector) -> 
         resolve_connector(code="nope", port=2999)
 
 
+@pytest.mark.django_db  # no socket, no second connection: a rolled-back transaction is enough
 def test_it_creates_a_connector_when_none_exists() -> None:
     created = resolve_connector(code=None, port=2777)
 
@@ -274,6 +276,7 @@ def _item(connector: Connector, control_id: str, **kwargs: str) -> ingest.Inboun
     )
 
 
+@pytest.mark.django_db  # no socket, no second connection: a rolled-back transaction is enough
 def test_store_messages_dedupes_copies_within_one_batch(connector: Connector) -> None:
     outcomes = ingest.store_messages([_item(connector, "B1"), _item(connector, "B2"), _item(connector, "B1")])
 
@@ -282,6 +285,7 @@ def test_store_messages_dedupes_copies_within_one_batch(connector: Connector) ->
     assert Message.objects.get(pk=outcomes[0].message_id).dedupe_key is not None
 
 
+@pytest.mark.django_db  # no socket, no second connection: a rolled-back transaction is enough
 def test_store_messages_keeps_rejected_items_without_a_dedupe_key(connector: Connector) -> None:
     outcomes = ingest.store_messages(
         [_item(connector, "R1", status=MessageStatus.REJECTED, error="200 Unsupported")] * 2
@@ -316,3 +320,26 @@ def test_two_writers_racing_on_one_control_id_store_it_once(connector: Connector
     assert [o.status for o in outcomes] == ["duplicate", "received"]
     assert Message.objects.filter(control_id="RACE", status=MessageStatus.RECEIVED).count() == 1
     assert Message.objects.get(pk=outcomes[0].message_id).duplicate_of_id is not None
+
+
+@pytest.mark.django_db
+def test_store_messages_kicks_the_worker_once_per_batch_after_commit(
+    connector: Connector, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks
+) -> None:
+    kicks: list[int] = []
+    monkeypatch.setattr(ingest, "kick_worker", lambda: kicks.append(1))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest.store_messages([_item(connector, "K1"), _item(connector, "K2")])
+        ingest.store_messages([_item(connector, "K3", status=MessageStatus.REJECTED)])
+
+    assert kicks == [1]  # a batch of rejected messages leaves the worker alone
+
+
+@pytest.mark.django_db  # no socket, no second connection: a rolled-back transaction is enough
+def test_the_kick_enqueues_process_pending() -> None:
+    from django_q.models import OrmQ
+
+    ingest._Kicker(0)._enqueue()
+
+    assert [q.func() for q in OrmQ.objects.all()] == [ingest.PROCESS_TASK]

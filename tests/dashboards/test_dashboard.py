@@ -14,7 +14,6 @@ from dashboards import charts, selectors
 from dashboards.selectors import ExceptionKindRow, WeeklyPoint
 from healthsync.choices import ExceptionKind, ExceptionStatus, RunStatus
 from tests import console_data
-from tests.console_data import fast_password_hashing  # noqa: F401
 
 HX = {"HTTP_HX_REQUEST": "true"}
 NOW = datetime(2025, 3, 31, 12, 0, tzinfo=UTC)
@@ -156,6 +155,7 @@ def test_dashboard_page_uses_the_local_plotly_and_shows_the_definitions(
     assert "Claim lag" in body
     assert "for inpatient accounts (patient class I) the date of service is the" in body
     assert body.count("Plotly.newPlot") == 3
+    assert "&lt;div" not in body  # the figures are embedded as markup, not escaped into text
 
 
 def test_dashboard_shows_no_patient_level_data(client_for: Callable[[User], Client], executive: User) -> None:

@@ -229,3 +229,17 @@ def test_backoff_grows_exponentially_with_jitter() -> None:
         delay = backoff(2, attempts).total_seconds()
         assert ceiling / 2 <= delay <= ceiling
     assert backoff(0, 4).total_seconds() == 0
+
+
+def test_a_bug_in_the_workflow_handler_does_not_undo_the_recorded_delivery(
+    sims: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(delivery: Delivery) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(workflow_registry.delivery_handlers, "test", broken)
+    delivery = _claim()
+    assert deliver(delivery.pk) == DeliveryStatus.SUCCEEDED
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.SUCCEEDED
+    assert "RuntimeError: boom" in delivery.last_error

@@ -216,3 +216,16 @@ def test_seeding_twice_changes_nothing_and_the_seeded_connectors_validate() -> N
     assert counts[:3] == [3, 3, 3]
     for connector in Connector.objects.all():
         connector.full_clean()
+
+
+def test_the_runtime_schedules_are_upserted_by_name() -> None:
+    from django_q.models import Schedule
+
+    from healthsync.tasks import ensure_schedules
+
+    ensure_schedules()
+    ensure_schedules()
+    assert sorted(Schedule.objects.values_list("func", flat=True)) == [
+        "healthsync.tasks.deliver_due",
+        "healthsync.tasks.process_pending",
+    ]

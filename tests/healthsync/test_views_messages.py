@@ -19,7 +19,6 @@ from healthsync.models import (
     SchemaVersion,
 )
 from tests import console_data
-from tests.console_data import fast_password_hashing  # noqa: F401
 
 HX = {"HTTP_HX_REQUEST": "true"}
 

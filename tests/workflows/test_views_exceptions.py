@@ -15,7 +15,6 @@ from django.utils import timezone
 from healthsync.choices import DeliveryStatus, Direction, ExceptionKind, ExceptionStatus, Protocol
 from healthsync.models import Connector, Delivery, ExceptionItem
 from tests import console_data
-from tests.console_data import fast_password_hashing  # noqa: F401
 from workflows.models import WorkflowRun
 
 HX = {"HTTP_HX_REQUEST": "true"}
