@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Two test processes by default (pytest-xdist); override, e.g. `make test PYTEST_ARGS="-x -m 'not slow'"`.
 PYTEST_ARGS ?= -n auto
+# e.g. `make demo DEMO_ARGS="--port-web 8080 --rate 5"`
+DEMO_ARGS ?=
 
 .PHONY: install demo test bench lint format clean
 
@@ -19,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) manage.py demo
+	$(PY) manage.py demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from healthsync.choices import DeliveryStatus, Direction, ExceptionKind, ExceptionStatus
@@ -101,6 +101,12 @@ def deliver(delivery_id: int) -> str:
         return Delivery.objects.filter(pk=delivery_id).values_list("status", flat=True).first() or ""
     delivery = Delivery.objects.select_related("connector__system").get(pk=delivery_id)
     connector = delivery.connector
+    if connector.breaker_open_until and connector.breaker_open_until > timezone.now():
+        # The destination is known to be down: wait for the breaker without spending an attempt.
+        Delivery.objects.filter(pk=delivery_id, status=DeliveryStatus.SENDING).update(
+            status=DeliveryStatus.RETRYING, next_attempt_at=connector.breaker_open_until
+        )
+        return DeliveryStatus.RETRYING
     adapter = connector_registry.get(connector.protocol)
     try:
         result = adapter.send(connector, delivery)
@@ -158,9 +164,15 @@ def _record_failure(delivery_id: int, exc: ConnectorError) -> str:
             _notify(delivery)
             logger.info("delivery %s rejected by the destination", delivery_id)
             return delivery.status
-        Connector.objects.filter(pk=connector.pk).update(
-            consecutive_failures=connector.consecutive_failures + 1
-        )
+        # F() so that concurrent workers failing on the same destination all count.
+        Connector.objects.filter(pk=connector.pk).update(consecutive_failures=F("consecutive_failures") + 1)
+        failures = Connector.objects.filter(pk=connector.pk).values_list("consecutive_failures", flat=True)[0]
+        if failures >= connector.breaker_threshold:
+            pause = max(30.0, connector.retry_backoff_seconds * 2**connector.breaker_threshold)
+            Connector.objects.filter(pk=connector.pk).update(
+                breaker_open_until=now + timedelta(seconds=pause)
+            )
+            logger.warning("connector %s: circuit breaker open for %ss", connector.pk, int(pause))
         if delivery.attempts >= connector.retry_max_attempts:
             delivery.status = DeliveryStatus.FAILED
             delivery.next_attempt_at = None

@@ -11,6 +11,7 @@ listener processes racing on one control id are settled by the unique index.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -18,6 +19,8 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -97,15 +100,26 @@ def store_messages(items: Sequence[InboundItem]) -> list[StoreOutcome]:
     """
     if not items:
         return []
-    with transaction.atomic():
-        outcomes = _store(items)
-        if any(o.status == MessageStatus.RECEIVED for o in outcomes):
-            transaction.on_commit(kick_worker)
+    keys = [_key_for(item) for item in items]
+    try:
+        with transaction.atomic():
+            outcomes = _store(items, keys)
+            _kick_after_commit(outcomes)
+    except IntegrityError:
+        # Another listener stored one of these keys after we looked: settle the batch again, row by row.
+        logger.info("ingest: dedupe race on a batch of %d, storing row by row", len(items))
+        with transaction.atomic():
+            outcomes = _store_row_by_row(items, keys)
+            _kick_after_commit(outcomes)
     return outcomes
 
 
-def _store(items: Sequence[InboundItem]) -> list[StoreOutcome]:
-    keys = [_key_for(item) for item in items]
+def _kick_after_commit(outcomes: list[StoreOutcome]) -> None:
+    if any(o.status == MessageStatus.RECEIVED for o in outcomes):
+        transaction.on_commit(kick_worker)
+
+
+def _store(items: Sequence[InboundItem], keys: list[str | None]) -> list[StoreOutcome]:
     wanted = {k for k in keys if k is not None}
     existing = (
         dict(Message.objects.filter(dedupe_key__in=wanted).values_list("dedupe_key", "id")) if wanted else {}
@@ -121,76 +135,96 @@ def _store(items: Sequence[InboundItem]) -> list[StoreOutcome]:
             firsts.append(index)
             if key is not None:
                 seen.add(key)
-    try:
-        with transaction.atomic():
-            rows = _insert([_row(items[i], key=keys[i], status=items[i].status) for i in firsts])
-    except IntegrityError:
-        # Another listener stored one of these keys since we looked: settle row by row.
-        logger.info("ingest: dedupe race on a batch of %d, storing row by row", len(items))
-        return _store_row_by_row(items, keys)
     outcomes: dict[int, StoreOutcome] = {}
-    for index, row in zip(firsts, rows, strict=True):
-        outcomes[index] = StoreOutcome(row.pk, row.status)
+    ids = _insert([(items[i], keys[i], items[i].status, None) for i in firsts])
+    for index, pk in zip(firsts, ids, strict=True):
+        outcomes[index] = StoreOutcome(pk, items[index].status)
         if keys[index] is not None:
-            existing.setdefault(keys[index], row.pk)
+            existing.setdefault(keys[index], pk)
     if copies:
-        dup_rows = _insert(
+        dup_of = [existing[keys[i]] for i in copies]  # type: ignore[index]
+        ids = _insert(
             [
-                _row(items[i], key=None, status=MessageStatus.DUPLICATE, duplicate_of=existing[keys[i]])
-                for i in copies
+                (items[i], None, MessageStatus.DUPLICATE, first)
+                for i, first in zip(copies, dup_of, strict=True)
             ]
         )
-        for index, row in zip(copies, dup_rows, strict=True):
-            outcomes[index] = StoreOutcome(row.pk, MessageStatus.DUPLICATE, row.duplicate_of_id)
+        for index, pk, first in zip(copies, ids, dup_of, strict=True):
+            outcomes[index] = StoreOutcome(pk, MessageStatus.DUPLICATE, first)
     return [outcomes[i] for i in range(len(items))]
 
 
-_COPY_FIELDS = [f for f in Message._meta.concrete_fields if not f.primary_key]
-_COPY_SQL = "COPY {table} ({columns}) FROM STDIN".format(
-    table=connection.ops.quote_name(Message._meta.db_table),
-    columns=", ".join(["id", *(connection.ops.quote_name(f.column) for f in _COPY_FIELDS)]),
-)
-# Plain values COPY adapts as they are; anything needing get_db_prep_save (JSON, custom fields) takes the ORM path.
-_COPYABLE = all(
-    f.get_internal_type()
-    in {
-        "CharField",
-        "TextField",
-        "SlugField",
-        "BinaryField",
-        "DateTimeField",
-        "ForeignKey",
-        "PositiveSmallIntegerField",
-        "PositiveIntegerField",
-        "IntegerField",
-        "SmallIntegerField",
-        "BigIntegerField",
-        "BooleanField",
+_Spec = tuple[InboundItem, str | None, str, int | None]  # item, dedupe key, status, duplicate of
+
+# Fields whose Python values COPY takes as they are; anything else (JSON, custom) takes the ORM path.
+_PLAIN_TYPES = {
+    "CharField",
+    "TextField",
+    "SlugField",
+    "BinaryField",
+    "DateTimeField",
+    "ForeignKey",
+    "PositiveSmallIntegerField",
+    "PositiveIntegerField",
+    "IntegerField",
+    "SmallIntegerField",
+    "BigIntegerField",
+    "BooleanField",
+}
+_FIELDS = [f for f in Message._meta.concrete_fields if not f.primary_key]
+
+
+@functools.cache
+def _copy_sql() -> str | None:
+    if not all(f.get_internal_type() in _PLAIN_TYPES for f in _FIELDS):
+        return None
+    quote = connection.ops.quote_name
+    columns = ", ".join([quote(Message._meta.pk.column), *(quote(f.column) for f in _FIELDS)])
+    return f"COPY {quote(Message._meta.db_table)} ({columns}) FROM STDIN"
+
+
+def _values(spec: _Spec, now: datetime) -> dict[str, Any]:
+    item, key, status, duplicate_of = spec
+    return {
+        "connector_id": item.connector_id,
+        "received_at": now,
+        "raw": item.raw,
+        "sha256": hashlib.sha256(item.raw).hexdigest(),
+        "sender": item.sender[:_SENDER_MAX],
+        "control_id": item.control_id[:_CONTROL_MAX],
+        "message_type": item.message_type[:_TYPE_MAX],
+        "lane": item.lane,
+        "status": status,
+        "error": item.error,
+        "dedupe_key": key,
+        "duplicate_of_id": duplicate_of,
     }
-    for f in _COPY_FIELDS
-)
 
 
-def _insert(rows: list[Message]) -> list[Message]:
-    """Insert rows and set their primary keys: COPY on PostgreSQL (the ORM's per-value work dominates)."""
-    if not rows:
-        return rows
-    if connection.vendor != "postgresql" or not _COPYABLE:
-        return Message.objects.bulk_create(rows)
+def _insert(specs: list[_Spec]) -> list[int]:
+    """Insert rows, returning their ids in order. On PostgreSQL: ids from the sequence, then COPY, because
+    the ORM's per-value work (and even array parameters) cost more than the database at these rates."""
+    if not specs:
+        return []
+    now = timezone.now()
+    sql = _copy_sql() if connection.vendor == "postgresql" else None
+    if sql is None:
+        rows = Message.objects.bulk_create([Message(**_values(spec, now)) for spec in specs])
+        return [row.pk for row in rows]
+    defaults = {f.attname: f.get_default() for f in _FIELDS}
+    names = [f.attname for f in _FIELDS]
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-            [Message._meta.db_table, len(rows)],
+            "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+            [Message._meta.db_table, Message._meta.pk.column, len(specs)],
         )
         ids = [row[0] for row in cursor.fetchall()]
-        attnames = [f.attname for f in _COPY_FIELDS]
-        with connection.wrap_database_errors, cursor.cursor.copy(_COPY_SQL) as copy:
-            for pk, row in zip(ids, rows, strict=True):
-                row.pk = pk
-                copy.write_row([pk, *(getattr(row, name) for name in attnames)])
-    for row in rows:
-        row._state.adding = False
-    return rows
+        # Django wraps execute() errors only: wrap COPY's too, so a unique violation is an IntegrityError.
+        with connection.wrap_database_errors, cursor.cursor.copy(sql) as copy:
+            for pk, spec in zip(ids, specs, strict=True):
+                values = _values(spec, now)
+                copy.write_row([pk, *(values[n] if n in values else defaults[n] for n in names)])
+    return ids
 
 
 def _store_row_by_row(items: Sequence[InboundItem], keys: list[str | None]) -> list[StoreOutcome]:

@@ -244,6 +244,8 @@ class Message(models.Model):
     business_key = models.CharField(max_length=200, blank=True, db_index=True)
     error = models.TextField(blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # When a worker claimed it: a claim older than the worker's timeout belongs to a dead worker.
+    claimed_at = models.DateTimeField(null=True, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
 
     objects = MessageQuerySet.as_manager()

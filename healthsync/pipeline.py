@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from datetime import timedelta
 from typing import Any
 
 import jsonschema
@@ -47,6 +48,7 @@ def process_pending(limit: int | None = None) -> int:
     """Process received messages in id order, batch by batch; returns how many messages were handled."""
     handled = 0
     batch_size = settings.HEALTHSYNC_BATCH_SIZE
+    release_stale_claims()
     while limit is None or handled < limit:
         size = batch_size if limit is None else min(batch_size, limit - handled)
         ids = claim_batch(size)
@@ -60,6 +62,7 @@ def process_pending(limit: int | None = None) -> int:
 
 def claim_batch(size: int) -> list[int]:
     """Atomically move up to `size` received messages to processing; only this worker then owns them."""
+    now = timezone.now()
     if connection.vendor == "postgresql":
         with transaction.atomic():
             ids = list(
@@ -68,20 +71,35 @@ def claim_batch(size: int) -> list[int]:
                 .select_for_update(skip_locked=True)
                 .values_list("id", flat=True)[:size]
             )
-            Message.objects.filter(id__in=ids).update(status=MessageStatus.PROCESSING)
+            Message.objects.filter(id__in=ids).update(status=MessageStatus.PROCESSING, claimed_at=now)
         return ids
     # SQLite has no row locks: a conditional UPDATE that must change exactly one row is the claim.
     claimed: list[int] = []
     candidates = Message.objects.filter(status=MessageStatus.RECEIVED).order_by("id")
     for message_id in candidates.values_list("id", flat=True)[: size * 2]:
         won = Message.objects.filter(id=message_id, status=MessageStatus.RECEIVED).update(
-            status=MessageStatus.PROCESSING
+            status=MessageStatus.PROCESSING, claimed_at=now
         )
         if won == 1:
             claimed.append(message_id)
             if len(claimed) >= size:
                 break
     return claimed
+
+
+def release_stale_claims() -> int:
+    """Put back messages a dead worker claimed but never finished; returns how many.
+
+    Safe because a message's work commits in one transaction with its status, and its event is keyed.
+    """
+    timeout = getattr(settings, "HEALTHSYNC_CLAIM_TIMEOUT", 900)
+    cutoff = timezone.now() - timedelta(seconds=timeout)
+    released = Message.objects.filter(status=MessageStatus.PROCESSING, claimed_at__lt=cutoff).update(
+        status=MessageStatus.RECEIVED
+    )
+    if released:
+        logger.warning("released %s messages claimed by a worker that did not finish them", released)
+    return released
 
 
 def process_message(message_id: int) -> str:

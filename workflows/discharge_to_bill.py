@@ -147,6 +147,11 @@ def on_delivery(delivery: Delivery) -> None:
         ExceptionItem.objects.open().filter(delivery=delivery).update(
             facility=run.facility, payer=run.payer, amount=run.amount
         )
+        if delivery.operation == CLAIM_OPERATION:
+            # The account was complete enough to send; what blocks it now is the delivery's own exception.
+            _resolve_missing_data(
+                run, "The account is complete; the claim's delivery exception tracks the rest."
+            )
         return
     if delivery.status != DeliveryStatus.SUCCEEDED:
         return

@@ -157,10 +157,12 @@ class _Writer(threading.Thread):
             outcomes = ingest.store_messages([p.item for p in batch])
         except Exception as exc:
             database = isinstance(exc, DatabaseError)
+            # The class and SQLSTATE say what went wrong; the error text may quote stored values, so it stays out.
             logger.error(
-                "mllp: could not store a batch of %d messages (%s); answering AE",
+                "mllp: could not store a batch of %d messages (%s %s); answering AE",
                 len(batch),
                 type(exc).__name__,
+                getattr(exc.__cause__, "sqlstate", "") or "",
                 exc_info=not database,
             )
             # Drop the broken connection so the next batch reconnects once the database is back.

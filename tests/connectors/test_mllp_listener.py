@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import hl7
 import pytest
@@ -324,7 +325,9 @@ def test_two_writers_racing_on_one_control_id_store_it_once(connector: Connector
 
 @pytest.mark.django_db
 def test_store_messages_kicks_the_worker_once_per_batch_after_commit(
-    connector: Connector, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks
+    connector: Connector,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Callable[..., AbstractContextManager[list[Callable[[], None]]]],
 ) -> None:
     kicks: list[int] = []
     monkeypatch.setattr(ingest, "kick_worker", lambda: kicks.append(1))

@@ -243,3 +243,32 @@ def test_a_bug_in_the_workflow_handler_does_not_undo_the_recorded_delivery(
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.SUCCEEDED
     assert "RuntimeError: boom" in delivery.last_error
+
+
+def test_repeated_failures_open_the_breaker_and_deliveries_wait_without_spending_attempts(
+    sims: tuple,
+) -> None:
+    rcm, _ = sims
+    Connector.objects.filter(code="rcm-claims").update(breaker_threshold=2, retry_max_attempts=10)
+    rcm.forced_status = 503
+    first, second = _claim("k-1"), _claim("k-2")
+    deliver(first.pk)
+    deliver(second.pk)
+    assert Connector.objects.get(code="rcm-claims").breaker_open_until > timezone.now()
+
+    third = _claim("k-3")
+    assert deliver(third.pk) == DeliveryStatus.RETRYING
+    third.refresh_from_db()
+    assert third.attempts == 0
+    assert rcm.requests["POST /claims"] == 2
+
+    # Once the pause is over a success closes the breaker again.
+    rcm.forced_status = None
+    Connector.objects.filter(code="rcm-claims").update(
+        breaker_open_until=timezone.now() - timedelta(seconds=1)
+    )
+    Delivery.objects.update(next_attempt_at=timezone.now())
+    assert deliver_due() == 3
+    connector = Connector.objects.get(code="rcm-claims")
+    assert connector.consecutive_failures == 0 and connector.breaker_open_until is None
+    assert rcm.claim_count == 3

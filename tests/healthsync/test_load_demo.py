@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from io import StringIO
-from typing import Any
 
 import pytest
 from django.contrib.auth import authenticate
@@ -16,11 +15,6 @@ from healthsync.management.commands.load_demo import DEMO_PASSWORD, DEMO_USERS
 from healthsync.models import Connector, MappingSet, SchemaVersion, System
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _fast_hashing(settings: Any) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def _snapshot() -> dict[str, object]:

@@ -229,3 +229,25 @@ def test_the_runtime_schedules_are_upserted_by_name() -> None:
         "healthsync.tasks.deliver_due",
         "healthsync.tasks.process_pending",
     ]
+
+
+def test_a_message_claimed_by_a_worker_that_died_is_processed_again() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from healthsync.models import Message
+
+    stale = store(hl7_builder.adt_a01(encounter_id="V-STALE"))
+    fresh = store(hl7_builder.adt_a01(encounter_id="V-BUSY"))
+    Message.objects.filter(pk=stale.pk).update(
+        status=MessageStatus.PROCESSING, claimed_at=timezone.now() - timedelta(hours=1)
+    )
+    Message.objects.filter(pk=fresh.pk).update(status=MessageStatus.PROCESSING, claimed_at=timezone.now())
+
+    assert process_pending() == 1
+
+    stale.refresh_from_db()
+    fresh.refresh_from_db()
+    assert stale.status == MessageStatus.PROCESSED
+    assert fresh.status == MessageStatus.PROCESSING  # another worker is still on it

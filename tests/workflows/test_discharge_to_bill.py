@@ -258,3 +258,36 @@ def test_end_to_end_with_real_commits(sims: tuple) -> None:
     assert _run().status == RunStatus.COMPLETED
     assert rcm.claim_count == 1 and erp.entry_count == 1
     assert set(Delivery.objects.values_list("status", flat=True)) == {DeliveryStatus.SUCCEEDED}
+
+
+def test_a_fixed_account_the_rcm_then_rejects_hands_over_to_the_delivery_exception(
+    sims: tuple, rcm_analyst: User
+) -> None:
+    rcm, erp = sims
+    feed(
+        hl7_builder.adt_a01(include_insurance=False),
+        hl7_builder.dft_p03(),
+        hl7_builder.adt_a03(include_insurance=False),
+    )
+    missing = ExceptionItem.objects.get()
+    rcm.forced_status = 400
+
+    with commits():
+        services.exception_retry(
+            exception=missing,
+            actor=rcm_analyst,
+            fixes={"coverage.payer_name": "Cigna", "coverage.payer_id": "C1"},
+        )
+
+    missing.refresh_from_db()
+    assert missing.status == ExceptionStatus.RESOLVED
+    rejected = ExceptionItem.objects.open().get()
+    assert rejected.kind == ExceptionKind.DESTINATION_REJECTED
+    assert rejected.payer == "Cigna"
+
+    rcm.forced_status = None
+    with commits():
+        services.exception_retry(exception=rejected, actor=rcm_analyst)
+    assert rcm.claim_count == 1 and erp.entry_count == 1
+    assert not ExceptionItem.objects.open().exists()
+    assert _run().status == RunStatus.COMPLETED

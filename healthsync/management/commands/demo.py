@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -25,6 +25,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections, connections
 
 from healthsync.choices import Direction, Protocol, SystemKind
+from healthsync.management.commands.load_demo import DEMO_PASSWORD
 from healthsync.tasks import ensure_schedules
 
 STOP_TIMEOUT = 15.0
@@ -39,7 +40,6 @@ class Child:
     argv: list[str]
     proc: subprocess.Popen[bytes] | None = None
     reader: threading.Thread | None = None
-    expected_exit: bool = field(default=False)
 
 
 class Command(BaseCommand):
@@ -63,6 +63,8 @@ class Command(BaseCommand):
         self._children: list[Child] = []
         if options["rate"] <= 0:
             raise CommandError("--rate must be positive")
+        if not 0 <= options["missing_share"] <= 1:
+            raise CommandError("--missing-share must be between 0 and 1")
         host = options["host"]
         ports = {k: options[f"port_{k}"] for k in ("web", "mllp", "rcm", "erp")}
         wanted = ["web", "mllp"] + ([] if options["no_simulators"] else ["rcm", "erp"])
@@ -96,27 +98,14 @@ class Command(BaseCommand):
             self._start("rcm", [*manage, "simulate_rcm", "--host", host, "--port", str(ports["rcm"])])
             self._start("erp", [*manage, "simulate_erp", "--host", host, "--port", str(ports["erp"])])
             # The EHR starts once the listener answers, so its first messages are not retries.
-            if self._wait_for_port(host, ports["mllp"]):
-                self._start(
-                    "ehr",
-                    [
-                        *manage,
-                        "simulate_ehr",
-                        "--host",
-                        host,
-                        "--port",
-                        str(ports["mllp"]),
-                        "--rate",
-                        str(options["rate"]),
-                        "--missing-share",
-                        str(options["missing_share"]),
-                    ],
-                )
-        if not self._stop.is_set():
+            if self._wait_for_port(host, ports["mllp"], "the MLLP listener"):
+                ehr = ["simulate_ehr", "--host", host, "--port", str(ports["mllp"])]
+                ehr += ["--rate", str(options["rate"]), "--missing-share", str(options["missing_share"])]
+                self._start("ehr", [*manage, *ehr])
+        if self._wait_for_port(host, ports["web"], "the web console"):
             self.say(
-                f"ready: console http://{host}:{ports['web']}/dashboard/ "
-                f"(users in README.md, password healthsync-demo); MLLP on {host}:{ports['mllp']}. "
-                "Ctrl-C stops everything."
+                f"ready: console http://{host}:{ports['web']}/ (demo users in README.md, password "
+                f"{DEMO_PASSWORD}); MLLP on {host}:{ports['mllp']}. Ctrl-C stops everything."
             )
 
         failed = self._supervise()
@@ -200,12 +189,15 @@ class Command(BaseCommand):
             self._write(f"demo   | {signal.Signals(signum).name} received; stopping")
         self._stop.set()
 
-    def _wait_for_port(self, host: str, port: int, timeout: float = 60.0) -> bool:
+    def _wait_for_port(self, host: str, port: int, what: str, timeout: float = 60.0) -> bool:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self._stop.is_set():
+        while not self._stop.is_set():
             if _port_in_use(host, port):
                 return True
             if any(c.proc is not None and c.proc.poll() is not None for c in self._children):
+                return False  # the supervisor loop reports which one
+            if time.monotonic() > deadline:
+                self.say(f"{what} is not answering on {host}:{port} after {timeout:.0f} s")
                 return False
             time.sleep(0.2)
         return False
