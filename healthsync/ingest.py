@@ -119,44 +119,9 @@ def _kick_after_commit(outcomes: list[StoreOutcome]) -> None:
         transaction.on_commit(kick_worker)
 
 
-def _store(items: Sequence[InboundItem], keys: list[str | None]) -> list[StoreOutcome]:
-    wanted = {k for k in keys if k is not None}
-    existing = (
-        dict(Message.objects.filter(dedupe_key__in=wanted).values_list("dedupe_key", "id")) if wanted else {}
-    )
-    # First pass: every item that is not a copy of one already stored or earlier in this batch.
-    firsts: list[int] = []
-    copies: list[int] = []
-    seen: set[str] = set()
-    for index, key in enumerate(keys):
-        if key is not None and (key in existing or key in seen):
-            copies.append(index)
-        else:
-            firsts.append(index)
-            if key is not None:
-                seen.add(key)
-    outcomes: dict[int, StoreOutcome] = {}
-    ids = _insert([(items[i], keys[i], items[i].status, None) for i in firsts])
-    for index, pk in zip(firsts, ids, strict=True):
-        outcomes[index] = StoreOutcome(pk, items[index].status)
-        if keys[index] is not None:
-            existing.setdefault(keys[index], pk)
-    if copies:
-        dup_of = [existing[keys[i]] for i in copies]  # type: ignore[index]
-        ids = _insert(
-            [
-                (items[i], None, MessageStatus.DUPLICATE, first)
-                for i, first in zip(copies, dup_of, strict=True)
-            ]
-        )
-        for index, pk, first in zip(copies, ids, dup_of, strict=True):
-            outcomes[index] = StoreOutcome(pk, MessageStatus.DUPLICATE, first)
-    return [outcomes[i] for i in range(len(items))]
-
-
 _Spec = tuple[InboundItem, str | None, str, int | None]  # item, dedupe key, status, duplicate of
 
-# Fields whose Python values COPY takes as they are; anything else (JSON, custom) takes the ORM path.
+# Fields whose Python values COPY takes as they are; anything else (JSON, custom) makes the ORM path the safe one.
 _PLAIN_TYPES = {
     "CharField",
     "TextField",
@@ -201,30 +166,91 @@ def _values(spec: _Spec, now: datetime) -> dict[str, Any]:
     }
 
 
-def _insert(specs: list[_Spec]) -> list[int]:
-    """Insert rows, returning their ids in order. On PostgreSQL: ids from the sequence, then COPY, because
-    the ORM's per-value work (and even array parameters) cost more than the database at these rates."""
-    if not specs:
-        return []
+def _store(items: Sequence[InboundItem], keys: list[str | None]) -> list[StoreOutcome]:
+    wanted = sorted({k for k in keys if k is not None})
+    copy_sql = _copy_sql() if connection.vendor == "postgresql" else None
+    ids: list[int] = []
+    if copy_sql is not None:
+        existing, ids = _lookup_and_reserve(wanted, len(items))
+    elif wanted:
+        existing = dict(Message.objects.filter(dedupe_key__in=wanted).values_list("dedupe_key", "id"))
+    else:
+        existing = {}
+    # Every item that is not a copy of one already stored or earlier in this batch owns its key.
+    firsts: list[int] = []
+    copies: list[int] = []
+    seen: set[str] = set()
+    for index, key in enumerate(keys):
+        if key is not None and (key in existing or key in seen):
+            copies.append(index)
+        else:
+            firsts.append(index)
+            if key is not None:
+                seen.add(key)
     now = timezone.now()
-    sql = _copy_sql() if connection.vendor == "postgresql" else None
-    if sql is None:
-        rows = Message.objects.bulk_create([Message(**_values(spec, now)) for spec in specs])
-        return [row.pk for row in rows]
+    outcomes: dict[int, StoreOutcome] = {}
+    if copy_sql is not None:
+        # Ids are known up front, so first copies and later ones go in one COPY (the foreign key is deferred).
+        for index in firsts:
+            key = keys[index]
+            if key is not None:
+                existing.setdefault(key, ids[index])
+        specs: list[tuple[int, _Spec]] = [(i, (items[i], keys[i], items[i].status, None)) for i in firsts]
+        specs += [(i, (items[i], None, MessageStatus.DUPLICATE, existing[keys[i] or ""])) for i in copies]
+        _copy(copy_sql, [(ids[i], spec) for i, spec in specs], now)
+        for i, (_item, _key, status, first) in specs:
+            outcomes[i] = StoreOutcome(ids[i], status, first)
+        return [outcomes[i] for i in range(len(items))]
+    rows = Message.objects.bulk_create(
+        [Message(**_values((items[i], keys[i], items[i].status, None), now)) for i in firsts]
+    )
+    for index, row in zip(firsts, rows, strict=True):
+        outcomes[index] = StoreOutcome(row.pk, items[index].status)
+        key = keys[index]
+        if key is not None:
+            existing.setdefault(key, row.pk)
+    if copies:
+        dup_rows = Message.objects.bulk_create(
+            [
+                Message(**_values((items[i], None, MessageStatus.DUPLICATE, existing[keys[i] or ""]), now))
+                for i in copies
+            ]
+        )
+        for index, row in zip(copies, dup_rows, strict=True):
+            outcomes[index] = StoreOutcome(row.pk, MessageStatus.DUPLICATE, row.duplicate_of_id)
+    return [outcomes[i] for i in range(len(items))]
+
+
+def _lookup_and_reserve(keys: list[str], count: int) -> tuple[dict[str, int], list[int]]:
+    """One round trip on PostgreSQL: the ids of keys already stored, and `count` new ids from the sequence."""
+    table = Message._meta.db_table
+    # The table name comes from the model; every value is a parameter.
+    sql = (
+        "SELECT NULL, nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s) "  # noqa: S608
+        f"UNION ALL SELECT dedupe_key, id FROM {connection.ops.quote_name(table)} "
+        "WHERE dedupe_key = ANY(%s::varchar[])"
+    )
+    existing: dict[str, int] = {}
+    ids: list[int] = []
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [table, Message._meta.pk.column, count, keys])
+        for key, pk in cursor.fetchall():
+            if key is None:
+                ids.append(pk)
+            else:
+                existing[key] = pk
+    return existing, ids
+
+
+def _copy(sql: str, rows: list[tuple[int, _Spec]], now: datetime) -> None:
+    """COPY rows in: the ORM's per-value work (even array parameters) costs more than the database here."""
     defaults = {f.attname: f.get_default() for f in _FIELDS}
     names = [f.attname for f in _FIELDS]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
-            [Message._meta.db_table, Message._meta.pk.column, len(specs)],
-        )
-        ids = [row[0] for row in cursor.fetchall()]
-        # Django wraps execute() errors only: wrap COPY's too, so a unique violation is an IntegrityError.
-        with connection.wrap_database_errors, cursor.cursor.copy(sql) as copy:
-            for pk, spec in zip(ids, specs, strict=True):
-                values = _values(spec, now)
-                copy.write_row([pk, *(values[n] if n in values else defaults[n] for n in names)])
-    return ids
+    # Django wraps execute() errors only: wrap COPY's too, so a unique violation is an IntegrityError.
+    with connection.cursor() as cursor, connection.wrap_database_errors, cursor.cursor.copy(sql) as copy:
+        for pk, spec in rows:
+            values = _values(spec, now)
+            copy.write_row([pk, *(values[n] if n in values else defaults[n] for n in names)])
 
 
 def _store_row_by_row(items: Sequence[InboundItem], keys: list[str | None]) -> list[StoreOutcome]:
@@ -265,6 +291,7 @@ class _Kicker:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._available: bool | None = None
+        self._sending = False
 
     def __call__(self) -> None:
         self._wanted.set()
@@ -278,13 +305,23 @@ class _Kicker:
         from django.db import connection as thread_connection
 
         while self._wanted.wait(timeout=60):
+            self._sending = True
             self._wanted.clear()
             try:
                 self._enqueue()
             finally:
                 # Do not hold a connection between kicks (it would outlive test databases and idle on PG).
                 thread_connection.close()
+                self._sending = False
             time.sleep(self.interval)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every kick asked for has been sent: listeners call this when they stop."""
+        deadline = time.monotonic() + timeout
+        while (self._wanted.is_set() or self._sending) and time.monotonic() < deadline:
+            if self._thread is None or not self._thread.is_alive():
+                return
+            time.sleep(0.01)
 
     def _enqueue(self) -> None:
         if self._available is None:

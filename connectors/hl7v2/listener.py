@@ -312,6 +312,10 @@ class MLLPListener:
             await asyncio.wait(self._connections, timeout=30)
         self._writer.queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._writer.join, 30)
+        # The last batches' worker kick must not die with the process.
+        flush = getattr(ingest.kick_worker, "flush", None)
+        if flush is not None:
+            await asyncio.get_running_loop().run_in_executor(None, flush)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), timeout=5)
         logger.info("mllp: stopped; %d messages received, %d stored", self.received, self.stored)
