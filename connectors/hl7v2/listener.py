@@ -455,4 +455,14 @@ def run(*, host: str, port: int, connector_code: str | None = None) -> None:
     listener = MLLPListener(connector, host=host, port=port)
     listener.prepare()
     connection.close()  # the writer thread opens its own
-    asyncio.run(listener.serve())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(listener.serve())
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed: the event loop's own work is a large share of each message's cost."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

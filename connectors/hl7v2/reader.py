@@ -12,6 +12,7 @@ Paths read like the ones integration engineers write: ``PID-3.1`` (first repetit
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -38,7 +39,7 @@ _CHARSETS = {
     "CP1252": "cp1252",
 }
 # Control characters cannot appear literally in a field (CR ends a segment), so escape() writes them as hex.
-_CONTROL = {chr(n) for n in range(32)} | {"\x7f"}
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 class HL7ParseError(ValueError):
@@ -296,6 +297,9 @@ def escape(value: str, enc: Encoding | None = None) -> str:
     """Escape delimiter characters in a value written into a message."""
     enc = enc or Encoding()
     esc = enc.escape
+    # Most values (ids, codes, names) need nothing: answer them without building five new strings.
+    if not any(ch in value for ch in (esc, enc.field, enc.component, enc.subcomponent, enc.repetition)):
+        return _CONTROL.sub(_hex_escape(esc), value) if _CONTROL.search(value) else value
     value = (
         value.replace(esc, f"{esc}E{esc}")
         .replace(enc.field, f"{esc}F{esc}")
@@ -303,6 +307,8 @@ def escape(value: str, enc: Encoding | None = None) -> str:
         .replace(enc.subcomponent, f"{esc}T{esc}")
         .replace(enc.repetition, f"{esc}R{esc}")
     )
-    if any(ch in _CONTROL for ch in value):
-        value = "".join(f"{esc}X{ord(ch):02X}{esc}" if ch in _CONTROL else ch for ch in value)
-    return value
+    return _CONTROL.sub(_hex_escape(esc), value) if _CONTROL.search(value) else value
+
+
+def _hex_escape(esc: str) -> Callable[[re.Match[str]], str]:
+    return lambda match: f"{esc}X{ord(match.group()):02X}{esc}"

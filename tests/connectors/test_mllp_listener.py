@@ -51,7 +51,10 @@ def connector() -> Connector:
 
 
 @pytest.fixture
-def listener(connector: Connector) -> Iterator[MLLPListener]:
+def listener(connector: Connector, monkeypatch: pytest.MonkeyPatch) -> Iterator[MLLPListener]:
+    # The worker kick is the one outbound seam (tested on its own below): from its own thread it would
+    # write the shared in-memory SQLite test database, whose table locks ignore the busy timeout.
+    monkeypatch.setattr(ingest, "kick_worker", lambda: None)
     server = MLLPListener(connector, host="127.0.0.1", port=0)
     server.start()
     yield server
