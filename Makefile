@@ -7,8 +7,10 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n auto
 # e.g. `make demo DEMO_ARGS="--port-web 8080 --rate 5"`
 DEMO_ARGS ?=
+# e.g. `make bench DATABASE_URL=postgres://... BENCH_ARGS="--seconds 20 --listener-processes 2"`
+BENCH_ARGS ?=
 
-.PHONY: install demo test bench lint format clean
+.PHONY: install demo test bench lint format clean browser
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ not found: install it or run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -23,11 +25,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) manage.py demo $(DEMO_ARGS)
 
-test: $(STAMP)
+# Browser tests drive Debian's Chromium with Playwright (never a downloaded browser); as root, install it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not found: the browser tests will be skipped (apt-get install chromium)"; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) manage.py benchmark
+	$(PY) manage.py benchmark $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -16,18 +16,28 @@ def register_models() -> None:
 
     for model in (
         models.System,
-        models.Connector,
         models.MappingSet,
         models.MappingVersion,
         models.MappingRule,
         models.SchemaVersion,
         models.DataOwnership,
     ):
-        # Breaker counters change on every failed delivery; they are runtime state, not configuration.
-        exclude = (
-            ["consecutive_failures", "breaker_open_until", "updated_at"] if model is models.Connector else []
-        )
-        auditlog.register(model, exclude_fields=exclude)
+        auditlog.register(model)
+    auditlog.register(
+        models.Connector,
+        # Breaker counters change on every failed delivery: runtime state, not configuration.
+        exclude_fields=[
+            "consecutive_failures",
+            "breaker_open_until",
+            "breaker_opened_at",
+            "breaker_trips",
+            "updated_at",
+        ],
+        # Only the fact that credentials changed is recorded, never the token or any part of it.
+        mask_fields=["secrets_token"],
+        mask_callable="healthsync.secrets.mask_secret",
+    )
+    auditlog.register(models.ApiClient, exclude_fields=["last_used_at"])
     auditlog.register(models.ExceptionItem, exclude_fields=["updated_at"])
 
 

@@ -103,3 +103,69 @@ class RunStatus(models.TextChoices):
     BLOCKED = "blocked", "Blocked by an exception"
     COMPLETED = "completed", "Completed"
     CANCELLED = "cancelled", "Cancelled"
+
+
+class JobRunStatus(models.TextChoices):
+    """A scheduled sync job's run: failed is expected bad data, errored is a bug (the traceback is kept)."""
+
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    ERRORED = "errored", "Errored"
+    SKIPPED = "skipped", "Skipped (the previous run was still going)"
+
+
+ACTIVE_JOB_RUN_STATUSES = (JobRunStatus.PENDING, JobRunStatus.RUNNING)
+
+
+class ReplayKind(models.TextChoices):
+    MESSAGE = "message", "One message"
+    FILTERED = "filtered", "A filtered set"
+    EXCEPTION = "exception", "From an exception"
+    EDIT = "edit", "Edit and replay"
+
+
+class ChangeKind(models.TextChoices):
+    """What a change request changes; each kind has a handler in healthsync/governance/kinds.py."""
+
+    SYSTEM = "system", "System"
+    CONNECTOR = "connector", "Connector configuration"
+    MAPPING = "mapping", "Mapping set"
+    SCHEMA = "schema", "Schema version"
+    OWNERSHIP = "ownership", "Data ownership"
+    OWNERSHIP_EXCEPTION = "ownership_exception", "Data ownership exception"
+
+
+class ChangeStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    SUBMITTED = "submitted", "Submitted"
+    CHANGES_REQUESTED = "changes_requested", "Changes requested"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+    DEPLOYED = "deployed", "Deployed"
+
+
+class ReviewDecision(models.TextChoices):
+    APPROVE = "approve", "Approved"
+    REJECT = "reject", "Rejected"
+    REQUEST_CHANGES = "request_changes", "Changes requested"
+    COMMENT = "comment", "Comment"
+
+
+class ApiScope(models.TextChoices):
+    """What an API client may do; every API endpoint requires one (read for GET, write for changes)."""
+
+    SYSTEMS_READ = "systems:read", "Systems and connectors: read"
+    MAPPINGS_READ = "mappings:read", "Mapping sets and versions: read"
+    SCHEMAS_READ = "schemas:read", "Schema versions: read"
+    OWNERSHIP_READ = "ownership:read", "Data ownership: read"
+    CHANGES_READ = "changes:read", "Change requests: read"
+    CHANGES_WRITE = "changes:write", "Change requests: submit, approve, reject"
+    MESSAGES_READ = "messages:read", "Messages: search and detail"
+    MESSAGES_WRITE = "messages:write", "Messages: replay"
+    EVENTS_READ = "events:read", "Canonical events: read"
+    WORKFLOWS_READ = "workflows:read", "Workflow runs: read"
+    EXCEPTIONS_READ = "exceptions:read", "Exceptions: read"
+    EXCEPTIONS_WRITE = "exceptions:write", "Exceptions: assign, comment, resolve, retry"
+    KPIS_READ = "kpis:read", "KPIs: read"

@@ -23,7 +23,13 @@ class Section:
 SECTIONS: tuple[Section, ...] = (
     Section("dashboard", "Dashboard", "dashboard", "workflows.view_kpis"),
     Section("exceptions", "Exceptions", "exception_list", "healthsync.view_exceptionitem"),
+    Section("runs", "Runs", "run_list", "workflows.view_workflowrun"),
+    Section("close", "Close", "close_readiness", "workflows.view_workflowrun"),
     Section("messages", "Messages", "message_list", "healthsync.view_message"),
+    Section("governance", "Governance", "governance_inbox", "healthsync.view_changerequest"),
+    Section("connectors", "Connectors", "connector_list", "healthsync.view_connector"),
+    Section("ops", "Operations", "ops_home", "healthsync.view_message"),
+    Section("api-clients", "API clients", "api_client_list", "healthsync.view_apiclient"),
 )
 
 

@@ -101,10 +101,11 @@ def deliver(delivery_id: int) -> str:
         return Delivery.objects.filter(pk=delivery_id).values_list("status", flat=True).first() or ""
     delivery = Delivery.objects.select_related("connector__system").get(pk=delivery_id)
     connector = delivery.connector
-    if connector.breaker_open_until and connector.breaker_open_until > timezone.now():
+    wait_until = breaker_gate(connector)
+    if wait_until is not None:
         # The destination is known to be down: wait for the breaker without spending an attempt.
         Delivery.objects.filter(pk=delivery_id, status=DeliveryStatus.SENDING).update(
-            status=DeliveryStatus.RETRYING, next_attempt_at=connector.breaker_open_until
+            status=DeliveryStatus.RETRYING, next_attempt_at=wait_until
         )
         return DeliveryStatus.RETRYING
     adapter = connector_registry.get(connector.protocol)
@@ -130,9 +131,15 @@ def _record_success(delivery_id: int, result: SendResult) -> str:
         delivery.attempts += 1
         delivery.next_attempt_at = None
         delivery.save()
-        Connector.objects.filter(pk=delivery.connector_id).update(
-            consecutive_failures=0, breaker_open_until=None
-        )
+        closed = Connector.objects.filter(pk=delivery.connector_id).exclude(breaker_open_until=None)
+        if closed.update(consecutive_failures=0, breaker_open_until=None, breaker_opened_at=None):
+            logger.warning(
+                "connector %s: circuit breaker closed, the destination answers again", delivery.connector_id
+            )
+        else:
+            Connector.objects.filter(pk=delivery.connector_id).exclude(consecutive_failures=0).update(
+                consecutive_failures=0
+            )
         for item in ExceptionItem.objects.open().filter(delivery=delivery):
             item.status = ExceptionStatus.RESOLVED
             item.resolved_at = now
@@ -168,11 +175,14 @@ def _record_failure(delivery_id: int, exc: ConnectorError) -> str:
         Connector.objects.filter(pk=connector.pk).update(consecutive_failures=F("consecutive_failures") + 1)
         failures = Connector.objects.filter(pk=connector.pk).values_list("consecutive_failures", flat=True)[0]
         if failures >= connector.breaker_threshold:
-            pause = max(30.0, connector.retry_backoff_seconds * 2**connector.breaker_threshold)
-            Connector.objects.filter(pk=connector.pk).update(
-                breaker_open_until=now + timedelta(seconds=pause)
+            pause = breaker_pause(connector, failures)
+            Connector.objects.filter(pk=connector.pk).update(breaker_open_until=now + pause)
+            Connector.objects.filter(pk=connector.pk, breaker_opened_at=None).update(
+                breaker_opened_at=now, breaker_trips=F("breaker_trips") + 1
             )
-            logger.warning("connector %s: circuit breaker open for %ss", connector.pk, int(pause))
+            logger.warning(
+                "connector %s: circuit breaker open for %ss", connector.pk, int(pause.total_seconds())
+            )
         if delivery.attempts >= connector.retry_max_attempts:
             delivery.status = DeliveryStatus.FAILED
             delivery.next_attempt_at = None
@@ -186,6 +196,41 @@ def _record_failure(delivery_id: int, exc: ConnectorError) -> str:
         delivery.save()
         logger.info("delivery %s will retry (attempt %s)", delivery_id, delivery.attempts)
         return delivery.status
+
+
+BREAKER_MIN_PAUSE = 30.0
+BREAKER_MAX_PAUSE = 600.0
+
+
+def breaker_pause(connector: Connector, failures: int) -> timedelta:
+    """How long an open breaker pauses a destination: longer the longer it keeps failing, within bounds."""
+    grown = connector.retry_backoff_seconds * 2 ** min(max(failures, connector.breaker_threshold), 16)
+    return timedelta(seconds=min(BREAKER_MAX_PAUSE, max(BREAKER_MIN_PAUSE, grown)))
+
+
+def breaker_gate(connector: Connector) -> Any:
+    """None when a send to `connector` may go ahead, else the time to wait until.
+
+    Closed: go. Open (breaker_open_until in the future): wait. Half-open (the pause is over): exactly one
+    sender wins a conditional UPDATE and probes the destination while everyone else keeps waiting; the
+    probe's success closes the breaker, its failure opens it again for a longer pause. The UPDATE is the
+    arbiter, so this holds across worker processes and hosts.
+    """
+    open_until = connector.breaker_open_until
+    if open_until is None:
+        return None
+    now = timezone.now()
+    if open_until > now:
+        return open_until
+    probe_until = now + timedelta(seconds=connector.timeout_seconds * 2 + 5)
+    won = Connector.objects.filter(pk=connector.pk, breaker_open_until=open_until).update(
+        breaker_open_until=probe_until
+    )
+    if won == 1:
+        logger.info("connector %s: circuit breaker half-open, probing", connector.pk)
+        return None
+    current = Connector.objects.filter(pk=connector.pk).values_list("breaker_open_until", flat=True).first()
+    return current if current is not None and current > now else probe_until
 
 
 def backoff(base_seconds: float, attempts: int) -> timedelta:

@@ -1,37 +1,74 @@
 """The sync runtime's inbound half: claim received messages, parse, map, validate, emit canonical events, route.
 
-Each message is handled in its own transaction: its event, the workflow changes the event causes and its new
-status commit together or not at all, and one bad message never rolls back another. Bad data (unparseable
-bytes, missing required fields, a schema violation) fails the message with an exception item saying which
-fields; a bug fails it with the traceback kept for engineers. The batch always carries on.
+Claiming. Any number of workers (processes, hosts) share the message store as their queue. A claim runs in
+one short transaction that claimers take turns on (a PostgreSQL advisory lock; SQLite's write lock), with the
+candidate rows read `FOR UPDATE SKIP LOCKED`. Inside it the claimer first *triages* messages no worker has
+read yet: it reads the business key they are ordered by (`business_key_for`, the encounter, PV1-19) and moves
+them to their lane (`lane_for`). It then picks messages lane by lane, clinical first, so that a flood of
+financial or batch (replay) work never delays an admission or a discharge. Per-key order: a message is claimed
+only when no earlier message (lower id) with the same key is still waiting or being processed elsewhere;
+earlier waiting messages of that key are claimed with it, and a worker processes its batch in id order. So an
+A13 (cancel discharge) is never applied before the A03 it cancels, however many workers run.
+
+Processing. A batch is handled in chunks, one transaction per chunk and one savepoint per message: a message's
+event, the workflow changes it causes and its new status commit together or not at all, and one bad message
+never rolls back another. Bad data (unparseable bytes, missing required fields, a schema violation) fails the
+message with an exception item naming the fields; a bug fails it with the traceback kept for engineers. The
+active mapping versions, their rules and the compiled schema validators are read once per batch, so a newly
+activated version runs from the next batch on. A worker finishes only messages it still holds: a claim
+released as stale (`release_stale_claims`) and taken by another worker is left to that worker.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
+import time
 import traceback
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import jsonschema
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Prefetch
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from healthsync.choices import ExceptionKind, ExceptionStatus, MessageStatus, VersionStatus
+from healthsync.choices import ExceptionKind, ExceptionStatus, Lane, MessageStatus, VersionStatus
 from healthsync.errors import MappingError, SchemaInvalid
-from healthsync.mapping import apply_mapping, parse_hl7_datetime
+from healthsync.mapping import apply_rules, parse_hl7_datetime
 from healthsync.models import (
     CanonicalEvent,
     ExceptionItem,
+    MappingRule,
     MappingSet,
+    MappingVersion,
     Message,
     SchemaVersion,
 )
 from healthsync.registry import connector_registry, workflow_registry
 
 logger = logging.getLogger(__name__)
+
+# Claim order: clinical events first, then financial, then batch and replay work.
+LANE_PRIORITY: tuple[str, ...] = (Lane.CLINICAL, Lane.FINANCIAL, Lane.BATCH)
+# Message type prefixes that are patient care rather than money; the rest of a clinical feed is financial.
+CLINICAL_TYPES = ("ADT", "ORM", "ORU", "SIU", "MDM", "VXU", "RDE", "OMG")
+# How many untriaged messages one claim reads ahead: triage outpaces processing, so a new admission behind a
+# large backlog is keyed, and so claimable, after a few claims.
+TRIAGE_AHEAD = 2000
+# Messages per transaction while processing a batch: one commit is shared, and a crash loses at most this much
+# work (which is redone after the stale claim is released).
+CHUNK_SIZE = 50
+_CLAIM_LOCK = 0x4853_4331  # "HSC1": the advisory lock claimers take turns on
+_FAILED_STATUSES = (MessageStatus.FAILED,)
 
 
 class _BadData(Exception):
@@ -44,102 +81,367 @@ class _BadData(Exception):
         self.detail = detail
 
 
-def process_pending(limit: int | None = None) -> int:
-    """Process received messages in id order, batch by batch; returns how many messages were handled."""
+# Keys and lanes --------------------------------------------------------------------------------------------
+
+
+def business_key_for(parsed: Any) -> str:
+    """The key a message's events are ordered by: the encounter (PV1-19), else the patient; '' when neither.
+
+    Pure and cheap (a parsed HL7 message from connectors.hl7v2.reader, or anything with `.get(path)`), so the
+    listener can compute it at ingest; the worker computes it at claim time for messages stored without it.
+    """
+    try:
+        visit = parsed.get("PV1-19.1").strip()
+        if visit:
+            return visit[:200]
+        patient = parsed.get("PID-3.1").strip()
+    except (AttributeError, ValueError):
+        return ""
+    return f"patient:{patient}"[:200] if patient else ""
+
+
+def lane_for(message_type: str, *, connector_lane: str = Lane.CLINICAL, is_replay: bool = False) -> str:
+    """The lane a message travels in: replays and batch feeds in batch, clinical feeds split by message type."""
+    if is_replay or connector_lane == Lane.BATCH:
+        return Lane.BATCH
+    if connector_lane == Lane.FINANCIAL:
+        return Lane.FINANCIAL
+    code = message_type.split("^", 1)[0].upper()
+    if not code or code in CLINICAL_TYPES:
+        return Lane.CLINICAL
+    return Lane.FINANCIAL
+
+
+def triage(
+    raw: bytes, *, message_type: str = "", connector_lane: str = Lane.CLINICAL, is_replay: bool = False
+) -> tuple[str, str]:
+    """(sequence key, lane) for a stored message's bytes; unreadable bytes get no key (nothing to order by)."""
+    from connectors.hl7v2.reader import parse
+
+    key = ""
+    if raw[:3] == b"MSH" or raw[:4] == b"\x0bMSH":
+        try:
+            parsed = parse(raw)
+            key = business_key_for(parsed)
+            message_type = message_type or parsed.header.message_type
+        except Exception:  # bad data fails later, with its reason, in processing; ordering needs no key
+            key = ""
+    return key, lane_for(message_type, connector_lane=connector_lane, is_replay=is_replay)
+
+
+def worker_name() -> str:
+    """An identity for the claims this process makes: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+# Claiming --------------------------------------------------------------------------------------------------
+
+
+def process_pending(limit: int | None = None, *, lanes: Sequence[str] | None = None) -> int:
+    """Process received messages batch by batch, in claim order; returns how many messages were handled."""
     handled = 0
     batch_size = settings.HEALTHSYNC_BATCH_SIZE
+    worker = worker_name()
     release_stale_claims()
     while limit is None or handled < limit:
         size = batch_size if limit is None else min(batch_size, limit - handled)
-        ids = claim_batch(size)
+        ids = claim_batch(size, lanes=lanes, worker=worker)
         if not ids:
             break
-        for message_id in ids:
-            process_message(message_id)
-            handled += 1
+        handled += process_batch(ids, worker=worker)
     return handled
 
 
-def claim_batch(size: int) -> list[int]:
-    """Atomically move up to `size` received messages to processing; only this worker then owns them."""
-    now = timezone.now()
-    if connection.vendor == "postgresql":
-        with transaction.atomic():
-            ids = list(
-                Message.objects.filter(status=MessageStatus.RECEIVED)
-                .order_by("id")
-                .select_for_update(skip_locked=True)
-                .values_list("id", flat=True)[:size]
-            )
-            Message.objects.filter(id__in=ids).update(status=MessageStatus.PROCESSING, claimed_at=now)
-        return ids
-    # SQLite has no row locks: a conditional UPDATE that must change exactly one row is the claim.
-    claimed: list[int] = []
-    candidates = Message.objects.filter(status=MessageStatus.RECEIVED).order_by("id")
-    for message_id in candidates.values_list("id", flat=True)[: size * 2]:
-        won = Message.objects.filter(id=message_id, status=MessageStatus.RECEIVED).update(
-            status=MessageStatus.PROCESSING, claimed_at=now
+def claim_batch(size: int, *, lanes: Sequence[str] | None = None, worker: str = "") -> list[int]:
+    """Atomically move up to `size` received messages to processing, honouring lanes and per-key order.
+
+    Returns the claimed ids in id order (the order to process them in). Only `worker` then owns them.
+    """
+    wanted = [lane for lane in LANE_PRIORITY if lanes is None or lane in lanes]
+    postgres = connection.vendor == "postgresql"
+    with transaction.atomic():
+        if postgres:
+            # Claimers take turns: each sees the previous claim committed, so per-key checks cannot race.
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK])
+        _triage_pending(TRIAGE_AHEAD)
+        candidates: list[tuple[int, str]] = []
+        for lane in wanted:
+            query = Message.objects.filter(
+                status=MessageStatus.RECEIVED, lane=lane, sequence_key__isnull=False
+            ).order_by("id")
+            if postgres:
+                query = query.select_for_update(skip_locked=True)
+            candidates += list(query.values_list("id", "sequence_key")[: size * 2])
+        if not candidates:
+            return []
+        chosen = _choose(candidates, size)
+        if not chosen:
+            return []
+        Message.objects.filter(id__in=chosen, status=MessageStatus.RECEIVED).update(
+            status=MessageStatus.PROCESSING, claimed_at=timezone.now(), claimed_by=worker[:80]
         )
-        if won == 1:
-            claimed.append(message_id)
-            if len(claimed) >= size:
-                break
-    return claimed
+    return sorted(chosen)
+
+
+def _choose(candidates: list[tuple[int, str]], size: int) -> list[int]:
+    """Pick claimable candidates in priority order, pulling in the earlier waiting messages of their key."""
+    keys = {key for _, key in candidates if key}
+    unfinished: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    if keys:
+        rows = (
+            Message.objects.filter(
+                sequence_key__in=keys, status__in=[MessageStatus.RECEIVED, MessageStatus.PROCESSING]
+            )
+            .order_by("id")
+            .values_list("id", "sequence_key", "status")
+        )
+        for message_id, key, status in rows:
+            unfinished[key].append((message_id, status))
+    chosen: set[int] = set()
+    blocked: set[str] = set()
+    for message_id, key in candidates:
+        if len(chosen) >= size:
+            break
+        if message_id in chosen:
+            continue
+        if not key:
+            chosen.add(message_id)
+            continue
+        if key in blocked:
+            continue
+        earlier = [(i, s) for i, s in unfinished[key] if i < message_id and i not in chosen]
+        if (
+            any(status != MessageStatus.RECEIVED for _, status in earlier)
+            or len(chosen) + len(earlier) + 1 > size
+        ):
+            # Another worker holds an earlier message of this key (or the batch is full): all later ones wait.
+            blocked.add(key)
+            continue
+        chosen.update(i for i, _ in earlier)
+        chosen.add(message_id)
+    return list(chosen)
+
+
+def _triage_pending(limit: int) -> int:
+    """Give the oldest untriaged received messages their sequence key and lane; returns how many."""
+    rows = list(
+        Message.objects.filter(status=MessageStatus.RECEIVED, sequence_key__isnull=True)
+        .order_by("id")
+        .values_list("id", "raw", "message_type", "lane", "replay_of_id")[:limit]
+    )
+    if not rows:
+        return 0
+    updates = []
+    for message_id, raw, message_type, lane, replay_of in rows:
+        key, new_lane = triage(
+            bytes(raw), message_type=message_type, connector_lane=lane, is_replay=replay_of is not None
+        )
+        updates.append((message_id, key, new_lane))
+    _bulk_set(["sequence_key", "lane"], updates)
+    return len(updates)
+
+
+def _bulk_set(fields: list[str], rows: list[tuple[Any, ...]]) -> None:
+    """Set text columns of many messages in one statement: rows are (id, value, value, ...)."""
+    if not rows:
+        return
+    if connection.vendor == "postgresql":
+        quote = connection.ops.quote_name
+        columns = ", ".join(f"{quote(name)} = v.c{n}" for n, name in enumerate(fields))
+        arrays = ", ".join("%s::text[]" for _ in fields)
+        names = ", ".join(f"c{n}" for n in range(len(fields)))
+        # Identifiers come from the model; every value is a parameter.
+        sql = (
+            f"UPDATE {quote(Message._meta.db_table)} AS m SET {columns} "  # noqa: S608
+            f"FROM unnest(%s::bigint[], {arrays}) AS v(id, {names}) WHERE m.id = v.id"
+        )
+        params = [[row[0] for row in rows], *([row[n + 1] for row in rows] for n in range(len(fields)))]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+        return
+    objs = []
+    for row in rows:
+        obj = Message(id=row[0])
+        for name, value in zip(fields, row[1:], strict=True):
+            setattr(obj, name, value)
+        objs.append(obj)
+    Message.objects.bulk_update(objs, fields, batch_size=200)
 
 
 def release_stale_claims() -> int:
     """Put back messages a dead worker claimed but never finished; returns how many.
 
-    Safe because a message's work commits in one transaction with its status, and its event is keyed.
+    Safe because a message's work commits in one transaction with its status, and a worker only finishes
+    messages it still holds (a live but slow worker whose claim was released leaves them to the next one).
     """
     timeout = getattr(settings, "HEALTHSYNC_CLAIM_TIMEOUT", 900)
     cutoff = timezone.now() - timedelta(seconds=timeout)
     released = Message.objects.filter(status=MessageStatus.PROCESSING, claimed_at__lt=cutoff).update(
-        status=MessageStatus.RECEIVED
+        status=MessageStatus.RECEIVED, claimed_by=""
     )
     if released:
         logger.warning("released %s messages claimed by a worker that did not finish them", released)
     return released
 
 
-def process_message(message_id: int) -> str:
-    """Process one claimed message and return its new status. Never raises for bad data or a bug."""
-    try:
-        with transaction.atomic():
-            message = Message.objects.select_related("connector__system").get(pk=message_id)
-            status = _process(message)
-            message.status = status
-            message.error = ""
-            message.attempts += 1
-            message.processed_at = timezone.now()
-            message.save(
-                update_fields=["status", "error", "attempts", "processed_at", "business_key", "message_type"]
+# Processing ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Route:
+    """One active mapping set with its version's rules, as read at the start of a batch."""
+
+    mapping_set: MappingSet
+    version: MappingVersion
+    rules: list[MappingRule]
+
+
+@dataclass
+class _Config:
+    """The governed configuration a batch runs with: read once, so one batch sees one consistent version."""
+
+    routes: dict[tuple[str, str], list[_Route]] = field(default_factory=dict)
+    schemas: dict[str, SchemaVersion] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls) -> _Config:
+        config = cls()
+        rules = Prefetch("active_version__rules", queryset=MappingRule.objects.order_by("position", "id"))
+        sets = (
+            MappingSet.objects.filter(
+                active_version__isnull=False, active_version__status=VersionStatus.ACTIVE
             )
-            if status == MessageStatus.PROCESSED:
-                # A message that now goes through closes the exception its earlier failure opened.
-                _resolve_message_exceptions(message)
-        logger.info("message %s %s", message_id, status)
-        return status
-    except _BadData as bad:
-        _fail(message_id, bad.kind, bad.reason, bad.detail, error=bad.reason)
-        logger.info("message %s failed: %s", message_id, bad.kind)
-        return MessageStatus.FAILED
-    except Exception:
-        # A bug, not bad data: keep the traceback for engineers and carry on with the batch.
-        trace = traceback.format_exc()
-        logger.exception("message %s errored", message_id)
-        _fail(
-            message_id,
-            ExceptionKind.MAPPING_FAILED,
-            f"Message #{message_id} could not be processed because of an internal error; "
-            "the integration team has the technical detail.",
-            {"error": "internal", "traceback": trace},
-            error=trace,
+            .select_related("active_version")
+            .prefetch_related(rules)
+            .order_by("code")
         )
-        return MessageStatus.FAILED
+        for mapping_set in sets:
+            version = mapping_set.active_version
+            assert version is not None
+            route = _Route(mapping_set, version, list(version.rules.all()))
+            config.routes.setdefault((mapping_set.protocol, mapping_set.message_type), []).append(route)
+        for schema in SchemaVersion.objects.filter(status=VersionStatus.ACTIVE):
+            config.schemas[schema.event_type] = schema
+        return config
 
 
-def _process(message: Message) -> str:
+_VALIDATORS: dict[tuple[int, str], Any] = {}
+
+
+def _validator(schema: SchemaVersion) -> Any:
+    """A compiled validator per schema version and content (compiling costs more than validating)."""
+    cache_key = (schema.pk or 0, json.dumps(schema.json_schema, sort_keys=True))
+    validator = _VALIDATORS.get(cache_key)
+    if validator is None:
+        validator_class = jsonschema.validators.validator_for(
+            schema.json_schema, default=jsonschema.Draft202012Validator
+        )
+        validator = validator_class(schema.json_schema, format_checker=validator_class.FORMAT_CHECKER)
+        if len(_VALIDATORS) > 256:
+            _VALIDATORS.clear()
+        _VALIDATORS[cache_key] = validator
+    return validator
+
+
+def process_batch(ids: Sequence[int], *, worker: str | None = None) -> int:
+    """Process claimed messages in id order, a chunk per transaction; returns how many were handled.
+
+    With `worker`, only messages that worker still holds are processed (a stale claim taken over by another
+    worker is skipped). Never raises for bad data or a bug in one message.
+    """
+    ordered = sorted(ids)
+    if not ordered:
+        return 0
+    config = _Config.load()
+    handled = 0
+    for start in range(0, len(ordered), CHUNK_SIZE):
+        handled += _process_chunk(ordered[start : start + CHUNK_SIZE], config, worker)
+    return handled
+
+
+def process_message(message_id: int) -> str:
+    """Process one message (whoever claimed it) and return its new status. Never raises for bad data or a bug."""
+    _process_chunk([message_id], _Config.load(), None)
+    return Message.objects.filter(pk=message_id).values_list("status", flat=True).first() or ""
+
+
+def _process_chunk(ids: list[int], config: _Config, worker: str | None) -> int:
+    handled = 0
+    with transaction.atomic():
+        query = Message.objects.filter(id__in=ids).select_related("connector__system").order_by("id")
+        if connection.vendor == "postgresql":
+            query = query.select_for_update(of=("self",))
+        messages = list(query)
+        if worker is not None:
+            messages = [
+                m for m in messages if m.status == MessageStatus.PROCESSING and m.claimed_by == worker[:80]
+            ]
+        done: list[Message] = []
+        for message in messages:
+            status = _process_one(message, config)
+            handled += 1
+            if status is not None:
+                done.append(message)
+        if done:
+            now = timezone.now()
+            for message in done:
+                message.error = ""
+                message.attempts += 1
+                message.processed_at = now
+            Message.objects.bulk_update(
+                done, ["status", "error", "attempts", "processed_at", "business_key", "message_type"]
+            )
+    for message in messages:
+        logger.info("message %s %s", message.pk, message.status)
+    return handled
+
+
+def _process_one(message: Message, config: _Config) -> str | None:
+    """Process one message in its own savepoint; None when it failed (its failure is already recorded)."""
+    original = (message.business_key, message.message_type)
+    for attempt in (1, 2):
+        try:
+            with transaction.atomic():
+                status = _process(message, config)
+                message.status = status
+                if status == MessageStatus.PROCESSED and message.attempts:
+                    # A message that now goes through closes the exception its earlier failure opened.
+                    _resolve_message_exceptions(message)
+            return status
+        except _BadData as bad:
+            message.business_key, message.message_type = original
+            _fail(message, bad.kind, bad.reason, bad.detail, error=bad.reason)
+            logger.info("message %s failed: %s", message.pk, bad.kind)
+            return None
+        except IntegrityError:
+            # Another worker emitted one of its events meanwhile: once more, it now finds the event stored.
+            message.business_key, message.message_type = original
+            if attempt == 1:
+                continue
+            return _fail_internal(message)
+        except Exception:
+            message.business_key, message.message_type = original
+            return _fail_internal(message)
+    return None
+
+
+def _fail_internal(message: Message) -> None:
+    # A bug, not bad data: keep the traceback for engineers and carry on with the batch.
+    trace = traceback.format_exc()
+    logger.exception("message %s errored", message.pk)
+    _fail(
+        message,
+        ExceptionKind.MAPPING_FAILED,
+        f"Message #{message.pk} could not be processed because of an internal error; "
+        "the integration team has the technical detail.",
+        {"error": "internal", "traceback": trace},
+        error=trace,
+    )
+    return None
+
+
+def _process(message: Message, config: _Config) -> str:
     adapter = connector_registry.get(message.connector.protocol)
     try:
         parsed = adapter.parse(bytes(message.raw))
@@ -154,33 +456,27 @@ def _process(message: Message) -> str:
     message_type = message.message_type or getattr(header, "message_type", "")
     message.message_type = message_type
     control_id = message.control_id or getattr(header, "control_id", "") or str(message.pk)
-    mapping_sets = list(
-        MappingSet.objects.filter(
-            protocol=message.connector.protocol,
-            message_type=message_type,
-            active_version__isnull=False,
-            active_version__status=VersionStatus.ACTIVE,
-        )
-        .select_related("active_version")
-        .order_by("code")
-    )
-    if not mapping_sets:
+    routes = config.routes.get((message.connector.protocol, message_type), [])
+    if not message.business_key and message.sequence_key and not message.sequence_key.startswith("patient:"):
+        message.business_key = message.sequence_key
+    if not routes:
         return MessageStatus.IGNORED
-    for mapping_set in mapping_sets:
-        event = _emit(message, parsed, mapping_set, control_id)
+    for route in routes:
+        event = _emit(message, parsed, route, control_id, config)
         if event is not None:
             message.business_key = event.subject
     return MessageStatus.PROCESSED
 
 
-def _emit(message: Message, parsed: Any, mapping_set: MappingSet, control_id: str) -> CanonicalEvent | None:
+def _emit(
+    message: Message, parsed: Any, route: _Route, control_id: str, config: _Config
+) -> CanonicalEvent | None:
     """Map, validate and store one event, then route it; None when this event was already emitted."""
-    version = mapping_set.active_version
-    assert version is not None
+    mapping_set, version = route.mapping_set, route.version
     event_type = mapping_set.event_type
     label = f"{message.message_type or 'Message'} #{message.pk}"
     try:
-        result = apply_mapping(version, parsed)
+        result = apply_rules(route.rules, parsed)
     except MappingError as exc:
         fields = ", ".join(exc.missing) if exc.missing else ""
         raise _BadData(
@@ -195,7 +491,7 @@ def _emit(message: Message, parsed: Any, mapping_set: MappingSet, control_id: st
             },
         ) from exc
     data = result.event_data()
-    schema = SchemaVersion.objects.filter(event_type=event_type, status=VersionStatus.ACTIVE).first()
+    schema = config.schemas.get(event_type)
     if schema is None:
         raise _BadData(
             ExceptionKind.SCHEMA_INVALID,
@@ -229,28 +525,23 @@ def _emit(message: Message, parsed: Any, mapping_set: MappingSet, control_id: st
     subject = str(envelope.get("subject") or data.get("encounter_id") or control_id)
     idempotency_key = f"{system.code}:{event_type}:{control_id}"
     if CanonicalEvent.objects.filter(idempotency_key=idempotency_key).exists():
-        # Already emitted (a replay or a second copy): keep the message findable by its business key.
+        # Already emitted (a retry, a replay or a second copy): keep the message findable by its business key.
         message.business_key = subject
         return None
-    try:
-        with transaction.atomic():
-            event = CanonicalEvent.objects.create(
-                type=event_type,
-                source=system.code,
-                subject=subject,
-                occurred_at=_occurred_at(envelope.get("occurred_at"), parsed),
-                facility=str(envelope.get("facility") or data.get("facility") or "")[:80],
-                idempotency_key=idempotency_key,
-                source_ref=control_id,
-                correlation={key: value for key, value in correlation.items() if value},
-                data=data,
-                message=message,
-                mapping_version=version,
-                schema_version=schema,
-            )
-    except IntegrityError:
-        # Another worker emitted it between the check and the insert: the effect already exists.
-        return None
+    event = CanonicalEvent.objects.create(
+        type=event_type,
+        source=system.code,
+        subject=subject,
+        occurred_at=_occurred_at(envelope.get("occurred_at"), parsed),
+        facility=str(envelope.get("facility") or data.get("facility") or "")[:80],
+        idempotency_key=idempotency_key,
+        source_ref=control_id,
+        correlation={key: value for key, value in correlation.items() if value},
+        data=data,
+        message=message,
+        mapping_version=version,
+        schema_version=schema,
+    )
     for handler in workflow_registry.handlers_for(event_type):
         handler(event)
     return event
@@ -258,10 +549,7 @@ def _emit(message: Message, parsed: Any, mapping_set: MappingSet, control_id: st
 
 def validate_event_data(schema: SchemaVersion, data: dict[str, Any]) -> None:
     """Raise SchemaInvalid listing each failing field by path, without echoing the (PHI) values."""
-    validator_class = jsonschema.validators.validator_for(
-        schema.json_schema, default=jsonschema.Draft202012Validator
-    )
-    validator = validator_class(schema.json_schema, format_checker=validator_class.FORMAT_CHECKER)
+    validator = _validator(schema)
     errors = []
     for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
         path = ".".join(str(part) for part in error.absolute_path) or "(event)"
@@ -302,29 +590,33 @@ def _occurred_at(value: Any, parsed: Any) -> Any:
     return parse_hl7_datetime(header_time) if header_time else timezone.now()
 
 
-def _fail(message_id: int, kind: str, reason: str, detail: dict[str, Any], *, error: str) -> None:
-    with transaction.atomic():
-        message = Message.objects.select_related("connector").get(pk=message_id)
-        message.status = MessageStatus.FAILED
-        message.error = error
-        message.attempts += 1
-        message.processed_at = timezone.now()
-        message.save(update_fields=["status", "error", "attempts", "processed_at"])
-        # One open exception per failing message: a retry that fails again refreshes it.
-        existing = ExceptionItem.objects.open().filter(message=message).first()
-        if existing is not None:
-            existing.kind = kind
-            existing.reason = reason
-            existing.detail = detail
-            existing.save(update_fields=["kind", "reason", "detail", "updated_at"])
-            return
-        ExceptionItem.objects.create(
-            kind=kind,
-            reason=reason,
-            detail=detail,
-            business_key=message.business_key or message.control_id,
-            message=message,
-        )
+def _fail(message: Message, kind: str, reason: str, detail: dict[str, Any], *, error: str) -> None:
+    """Record a failure in the chunk's transaction, in a savepoint so a fault here spares the other messages."""
+    try:
+        with transaction.atomic():
+            message.status = MessageStatus.FAILED
+            message.error = error
+            message.attempts += 1
+            message.processed_at = timezone.now()
+            message.save(update_fields=["status", "error", "attempts", "processed_at", "message_type"])
+            # One open exception per failing message: a retry that fails again refreshes it.
+            existing = ExceptionItem.objects.open().filter(message=message).first()
+            if existing is not None:
+                existing.kind = kind
+                existing.reason = reason
+                existing.detail = detail
+                existing.save(update_fields=["kind", "reason", "detail", "updated_at"])
+                return
+            ExceptionItem.objects.create(
+                kind=kind,
+                reason=reason,
+                detail=detail,
+                business_key=message.business_key or message.sequence_key or message.control_id,
+                message=message,
+            )
+    except Exception:
+        # Left in processing: the stale-claim release brings it back rather than losing it.
+        logger.exception("message %s: could not record its failure", message.pk)
 
 
 def _resolve_message_exceptions(message: Message) -> None:
@@ -342,7 +634,7 @@ def _resolve_message_exceptions(message: Message) -> None:
 
 def requeue_message(message: Message) -> None:
     """Put a failed message back in the queue (after a mapping or schema fix); the worker picks it up."""
-    Message.objects.filter(pk=message.pk).update(status=MessageStatus.RECEIVED, error="")
+    Message.objects.filter(pk=message.pk).update(status=MessageStatus.RECEIVED, error="", claimed_by="")
     transaction.on_commit(lambda: _enqueue_processing())
 
 
@@ -350,3 +642,22 @@ def _enqueue_processing() -> None:
     from django_q.tasks import async_task
 
     async_task("healthsync.tasks.process_pending", task_name="process_pending", group="pipeline")
+
+
+def pending_ids(ids: Iterable[int]) -> list[int]:
+    """Of `ids`, those still waiting or being processed (tests and tools wait on these)."""
+    return list(
+        Message.objects.filter(
+            id__in=list(ids), status__in=[MessageStatus.RECEIVED, MessageStatus.PROCESSING]
+        ).values_list("id", flat=True)
+    )
+
+
+def wait_until_idle(timeout: float = 30.0, poll: float = 0.2) -> bool:
+    """True once no message is received or processing (benchmarks and fault tests wait on this)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not Message.objects.filter(status__in=[MessageStatus.RECEIVED, MessageStatus.PROCESSING]).exists():
+            return True
+        time.sleep(poll)
+    return False

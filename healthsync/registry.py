@@ -93,3 +93,33 @@ class WorkflowRegistry:
 
 connector_registry = ConnectorRegistry()
 workflow_registry = WorkflowRegistry()
+
+
+MappingProvider = Callable[[], list[dict[str, Any]]]
+SchemaProvider = Callable[[], dict[str, dict[str, Any]]]
+
+
+@dataclass
+class ReferenceConfig:
+    """Reference mapping sets and schemas the apps contribute to a new install (healthsync.seed)."""
+
+    mapping_providers: list[MappingProvider] = field(default_factory=list)
+    schema_providers: list[SchemaProvider] = field(default_factory=list)
+
+    def add(self, *, mappings: MappingProvider | None = None, schemas: SchemaProvider | None = None) -> None:
+        if mappings and mappings not in self.mapping_providers:
+            self.mapping_providers.append(mappings)
+        if schemas and schemas not in self.schema_providers:
+            self.schema_providers.append(schemas)
+
+    def mappings(self) -> list[dict[str, Any]]:
+        return [spec for provider in self.mapping_providers for spec in provider()]
+
+    def schemas(self) -> dict[str, dict[str, Any]]:
+        merged: dict[str, dict[str, Any]] = {}
+        for provider in self.schema_providers:
+            merged.update(provider())
+        return merged
+
+
+reference_config = ReferenceConfig()

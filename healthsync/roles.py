@@ -20,6 +20,18 @@ _CONFIG_VIEW = [
     "healthsync.view_dataownership",
 ]
 
+# Governance: everyone with a role reads change requests; engineers and the board author; the board approves.
+_GOVERNANCE_READ = ["healthsync.view_changerequest"]
+_GOVERNANCE_AUTHOR = [
+    "healthsync.view_changerequest",
+    "healthsync.add_changerequest",
+    "healthsync.deploy_changerequest",
+    "healthsync.view_samplecase",
+    "healthsync.add_samplecase",
+    "healthsync.view_ownershipexception",
+    "auditlog.view_logentry",
+]
+
 ROLE_PERMISSIONS: dict[str, list[str]] = {
     GOVERNANCE_BOARD: [
         *_CONFIG_VIEW,
@@ -28,8 +40,11 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "healthsync.change_dataownership",
         "workflows.view_kpis",
         "healthsync.view_exceptionitem",
+        *_GOVERNANCE_AUTHOR,
+        "healthsync.approve_changerequest",
     ],
     REVENUE_CYCLE: [
+        *_GOVERNANCE_READ,
         "healthsync.view_exceptionitem",
         "healthsync.change_exceptionitem",
         "healthsync.work_exceptionitem",
@@ -38,6 +53,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "workflows.view_kpis",
     ],
     EXECUTIVE: [
+        *_GOVERNANCE_READ,
         "workflows.view_kpis",
     ],
     INTEGRATION_ENGINEER: [
@@ -54,6 +70,9 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "healthsync.add_schemaversion",
         "healthsync.view_message",
         "healthsync.replay_message",
+        "healthsync.view_syncjobrun",
+        "healthsync.view_retentionpolicy",
+        "healthsync.change_retentionpolicy",
         "healthsync.view_phi",
         "healthsync.view_canonicalevent",
         "healthsync.view_delivery",
@@ -62,6 +81,11 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "healthsync.work_exceptionitem",
         "workflows.view_workflowrun",
         "workflows.view_kpis",
+        *_GOVERNANCE_AUTHOR,
+        # API governance: engineers register the systems that call the API and watch their usage.
+        "healthsync.view_apiclient",
+        "healthsync.add_apiclient",
+        "healthsync.change_apiclient",
     ],
 }
 

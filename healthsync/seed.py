@@ -22,6 +22,7 @@ from healthsync.models import (
     SchemaVersion,
     System,
 )
+from healthsync.registry import reference_config
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -35,7 +36,7 @@ SYSTEMS = [
 ]
 
 
-def _rule(
+def rule_spec(
     target: str,
     source: str = "",
     transform: str = Transform.NONE,
@@ -57,33 +58,37 @@ def _rule(
 def _visit_rules(*, admit_required: bool) -> list[dict[str, Any]]:
     """Rules every ADT message shares: patient, visit, attending, diagnoses and coverage."""
     return [
-        _rule("encounter_id", "PV1-19.1", required=True, description="Visit number"),
-        _rule("account_number", "PID-18.1", description="Patient account number"),
-        _rule("patient.mrn", "PID-3.1", required=True, description="Medical record number"),
-        _rule("patient.family_name", "PID-5.1"),
-        _rule("patient.given_name", "PID-5.2"),
-        _rule("patient.name", "", Transform.CONCAT, {"sources": ["PID-5.2", "PID-5.1"], "separator": " "}),
-        _rule("patient.birth_date", "PID-7.1", Transform.HL7_DATE),
-        _rule("patient.sex", "PID-8.1", Transform.UPPER),
-        _rule("patient_class", "PV1-2.1", Transform.UPPER, required=True, description="I/O/E/P/R/B"),
-        _rule("facility", "PV1-3.4|MSH-4.1", description="Facility: the visit location, else the sender"),
-        _rule(
+        rule_spec("encounter_id", "PV1-19.1", required=True, description="Visit number"),
+        rule_spec("account_number", "PID-18.1", description="Patient account number"),
+        rule_spec("patient.mrn", "PID-3.1", required=True, description="Medical record number"),
+        rule_spec("patient.family_name", "PID-5.1"),
+        rule_spec("patient.given_name", "PID-5.2"),
+        rule_spec(
+            "patient.name", "", Transform.CONCAT, {"sources": ["PID-5.2", "PID-5.1"], "separator": " "}
+        ),
+        rule_spec("patient.birth_date", "PID-7.1", Transform.HL7_DATE),
+        rule_spec("patient.sex", "PID-8.1", Transform.UPPER),
+        rule_spec("patient_class", "PV1-2.1", Transform.UPPER, required=True, description="I/O/E/P/R/B"),
+        rule_spec("facility", "PV1-3.4|MSH-4.1", description="Facility: the visit location, else the sender"),
+        rule_spec(
             "location", "", Transform.CONCAT, {"sources": ["PV1-3.1", "PV1-3.2", "PV1-3.3"], "separator": "-"}
         ),
-        _rule("admission_type", "PV1-4.1"),
-        _rule("attending.id", "PV1-7.1", description="Attending physician id (NPI)"),
-        _rule("attending.name", "", Transform.CONCAT, {"sources": ["PV1-7.3", "PV1-7.2"], "separator": " "}),
-        _rule("hospital_service", "PV1-10.1"),
-        _rule("financial_class", "PV1-20.1"),
-        _rule("admitted_at", "PV1-44.1", Transform.HL7_DATETIME, required=admit_required),
-        _rule("diagnoses[].code", "DG1[*]-3.1", description="ICD-10-CM"),
-        _rule("diagnoses[].description", "DG1[*]-3.2"),
-        _rule("diagnoses[].type", "DG1[*]-6.1", description="A admitting, W working, F final"),
-        _rule("coverage.plan_id", "IN1-2.1"),
-        _rule("coverage.payer_id", "IN1-3.1"),
-        _rule("coverage.payer_name", "IN1-4.1"),
-        _rule("coverage.group_number", "IN1-8.1"),
-        _rule("coverage.policy_number", "IN1-36.1"),
+        rule_spec("admission_type", "PV1-4.1"),
+        rule_spec("attending.id", "PV1-7.1", description="Attending physician id (NPI)"),
+        rule_spec(
+            "attending.name", "", Transform.CONCAT, {"sources": ["PV1-7.3", "PV1-7.2"], "separator": " "}
+        ),
+        rule_spec("hospital_service", "PV1-10.1"),
+        rule_spec("financial_class", "PV1-20.1"),
+        rule_spec("admitted_at", "PV1-44.1", Transform.HL7_DATETIME, required=admit_required),
+        rule_spec("diagnoses[].code", "DG1[*]-3.1", description="ICD-10-CM"),
+        rule_spec("diagnoses[].description", "DG1[*]-3.2"),
+        rule_spec("diagnoses[].type", "DG1[*]-6.1", description="A admitting, W working, F final"),
+        rule_spec("coverage.plan_id", "IN1-2.1"),
+        rule_spec("coverage.payer_id", "IN1-3.1"),
+        rule_spec("coverage.payer_name", "IN1-4.1"),
+        rule_spec("coverage.group_number", "IN1-8.1"),
+        rule_spec("coverage.policy_number", "IN1-36.1"),
     ]
 
 
@@ -98,7 +103,7 @@ def mapping_definitions() -> list[dict[str, Any]]:
             "event_type": "encounter.admitted",
             "rules": [
                 *_visit_rules(admit_required=True),
-                _rule("event.occurred_at", "PV1-44.1|EVN-2.1|MSH-7.1", Transform.HL7_DATETIME),
+                rule_spec("event.occurred_at", "PV1-44.1|EVN-2.1|MSH-7.1", Transform.HL7_DATETIME),
             ],
         },
         {
@@ -109,9 +114,9 @@ def mapping_definitions() -> list[dict[str, Any]]:
             "event_type": "encounter.discharged",
             "rules": [
                 *_visit_rules(admit_required=False),
-                _rule("discharged_at", "PV1-45.1", Transform.HL7_DATETIME, required=True),
-                _rule("disposition", "PV1-36.1", description="Discharge disposition"),
-                _rule("event.occurred_at", "PV1-45.1", Transform.HL7_DATETIME),
+                rule_spec("discharged_at", "PV1-45.1", Transform.HL7_DATETIME, required=True),
+                rule_spec("disposition", "PV1-36.1", description="Discharge disposition"),
+                rule_spec("event.occurred_at", "PV1-45.1", Transform.HL7_DATETIME),
             ],
         },
         {
@@ -121,27 +126,27 @@ def mapping_definitions() -> list[dict[str, Any]]:
             "message_type": "DFT^P03",
             "event_type": "charge.posted",
             "rules": [
-                _rule("encounter_id", "PV1-19.1", required=True),
-                _rule("account_number", "PID-18.1"),
-                _rule("patient.mrn", "PID-3.1", required=True),
-                _rule("facility", "PV1-3.4|MSH-4.1"),
-                _rule("charges[].charge_id", "FT1[*]-2.1", required=True, description="Transaction id"),
-                _rule("charges[].service_date", "FT1[*]-4.1", Transform.HL7_DATETIME),
-                _rule("charges[].posted_at", "FT1[*]-5.1", Transform.HL7_DATETIME),
-                _rule(
+                rule_spec("encounter_id", "PV1-19.1", required=True),
+                rule_spec("account_number", "PID-18.1"),
+                rule_spec("patient.mrn", "PID-3.1", required=True),
+                rule_spec("facility", "PV1-3.4|MSH-4.1"),
+                rule_spec("charges[].charge_id", "FT1[*]-2.1", required=True, description="Transaction id"),
+                rule_spec("charges[].service_date", "FT1[*]-4.1", Transform.HL7_DATETIME),
+                rule_spec("charges[].posted_at", "FT1[*]-5.1", Transform.HL7_DATETIME),
+                rule_spec(
                     "charges[].type",
                     "FT1[*]-6.1",
                     Transform.DEFAULT,
                     {"value": "CG"},
                     description="CG charge, CD credit, PY payment, AJ adjustment",
                 ),
-                _rule("charges[].chargemaster_code", "FT1[*]-7.1"),
-                _rule("charges[].description", "FT1[*]-7.2"),
-                _rule("charges[].quantity", "FT1[*]-10.1", Transform.DECIMAL),
-                _rule("charges[].amount", "FT1[*]-11.1", Transform.DECIMAL, required=True),
-                _rule("charges[].department", "FT1[*]-13.1"),
-                _rule("charges[].cpt", "FT1[*]-25.1"),
-                _rule("event.occurred_at", "FT1-5.1|MSH-7.1", Transform.HL7_DATETIME),
+                rule_spec("charges[].chargemaster_code", "FT1[*]-7.1"),
+                rule_spec("charges[].description", "FT1[*]-7.2"),
+                rule_spec("charges[].quantity", "FT1[*]-10.1", Transform.DECIMAL),
+                rule_spec("charges[].amount", "FT1[*]-11.1", Transform.DECIMAL, required=True),
+                rule_spec("charges[].department", "FT1[*]-13.1"),
+                rule_spec("charges[].cpt", "FT1[*]-25.1"),
+                rule_spec("event.occurred_at", "FT1-5.1|MSH-7.1", Transform.HL7_DATETIME),
             ],
         },
     ]
@@ -310,21 +315,23 @@ OWNERSHIP = [
 ]
 
 
-@transaction.atomic
-def seed_reference_config(*, actor: User | None = None) -> None:
-    """Create the reference systems, connectors, mappings, schemas and data ownership if they are missing."""
+def all_mapping_definitions() -> list[dict[str, Any]]:
+    """Every reference mapping set: the skeleton's, the workflows' and those the apps registered."""
+    from healthsync.seed_workflows import workflow_mapping_definitions
+
+    return [*mapping_definitions(), *workflow_mapping_definitions(), *reference_config.mappings()]
+
+
+def all_schema_definitions() -> dict[str, dict[str, Any]]:
+    from healthsync.seed_workflows import workflow_schema_definitions
+
+    return {**schema_definitions(), **workflow_schema_definitions(), **reference_config.schemas()}
+
+
+def seed_schemas(definitions: dict[str, dict[str, Any]], *, actor: User | None = None) -> None:
+    """Create version 1.0.0, active, of each event type's schema that has no version yet."""
     now = timezone.now()
-    systems = {}
-    for spec in SYSTEMS:
-        systems[spec["code"]], _ = System.objects.get_or_create(
-            code=spec["code"], defaults={"name": spec["name"], "kind": spec["kind"]}
-        )
-    for spec in connector_definitions():
-        spec = dict(spec)
-        system = systems[spec.pop("system")]
-        code = spec.pop("code")
-        Connector.objects.get_or_create(code=code, defaults={"system": system, **spec})
-    for event_type, schema in schema_definitions().items():
+    for event_type, schema in definitions.items():
         if not SchemaVersion.objects.filter(event_type=event_type).exists():
             SchemaVersion.objects.create(
                 event_type=event_type,
@@ -335,7 +342,12 @@ def seed_reference_config(*, actor: User | None = None) -> None:
                 approved_by=actor,
                 approved_at=now,
             )
-    for spec in mapping_definitions():
+
+
+def seed_mappings(specs: list[dict[str, Any]], *, actor: User | None = None) -> None:
+    """Create each mapping set that is missing, with an active version 1 holding its rules."""
+    now = timezone.now()
+    for spec in specs:
         mapping_set, _ = MappingSet.objects.get_or_create(
             code=spec["code"],
             defaults={
@@ -343,7 +355,7 @@ def seed_reference_config(*, actor: User | None = None) -> None:
                 "protocol": spec["protocol"],
                 "message_type": spec["message_type"],
                 "event_type": spec["event_type"],
-                "description": "Reference mapping seeded with the walking skeleton.",
+                "description": "Reference mapping seeded with HealthSync.",
             },
         )
         if mapping_set.versions.exists():
@@ -364,7 +376,27 @@ def seed_reference_config(*, actor: User | None = None) -> None:
         )
         mapping_set.active_version = version
         mapping_set.save(update_fields=["active_version"])
+
+
+@transaction.atomic
+def seed_reference_config(*, actor: User | None = None) -> None:
+    """Create the reference systems, connectors, mappings, schemas and data ownership if they are missing."""
+    from healthsync.seed_workflows import seed_workflow_config
+
+    systems = {}
+    for spec in SYSTEMS:
+        systems[spec["code"]], _ = System.objects.get_or_create(
+            code=spec["code"], defaults={"name": spec["name"], "kind": spec["kind"]}
+        )
+    for spec in connector_definitions():
+        spec = dict(spec)
+        system = systems[spec.pop("system")]
+        code = spec.pop("code")
+        Connector.objects.get_or_create(code=code, defaults={"system": system, **spec})
+    seed_schemas(all_schema_definitions(), actor=actor)
+    seed_mappings(all_mapping_definitions(), actor=actor)
     for domain, system_code, note in OWNERSHIP:
         DataOwnership.objects.get_or_create(
             domain=domain, field="", defaults={"system": systems[system_code], "note": note}
         )
+    seed_workflow_config(actor=actor)

@@ -6,21 +6,38 @@ django-auditlog records each change with the actor.
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 from auditlog.context import set_actor
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
-from healthsync.choices import ExceptionKind, ExceptionStatus
-from healthsync.models import ExceptionComment, ExceptionItem
+from healthsync.choices import ExceptionKind, ExceptionStatus, MessageStatus
+from healthsync.models import ExceptionComment, ExceptionItem, Message
 from healthsync.registry import workflow_registry
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
 WORK_PERMISSION = "healthsync.work_exceptionitem"
+REPLAY_PERMISSION = "healthsync.replay_message"
+
+# Sent (inside the transaction) when an exception is resolved or ignored, with `exception` and `actor`:
+# workflows listen so that a run the exception blocked moves on.
+exception_closed = Signal()
+
+# Work queues an exception can be routed back to: the team that owns the fix at the source.
+WORK_QUEUES = {
+    "registration": "Patient access / registration",
+    "coding": "Coding / HIM",
+    "charge_capture": "Charge capture",
+    "billing": "Billing",
+    "accounts_payable": "Accounts payable",
+    "integration": "Integration team",
+}
 
 
 def _check(actor: User) -> None:
@@ -96,6 +113,7 @@ def _close(exception: ExceptionItem, status: str, note: str, actor: User) -> Non
     exception.resolved_by = actor
     exception.resolved_at = timezone.now()
     exception.save(update_fields=["status", "resolution_note", "resolved_by", "resolved_at", "updated_at"])
+    exception_closed.send(sender=ExceptionItem, exception=exception, actor=actor)
 
 
 @transaction.atomic
@@ -146,3 +164,84 @@ def exception_retry(
         ExceptionComment.objects.create(exception=exception, author=actor, body=body)
         exception.refresh_from_db()
     return exception
+
+
+@transaction.atomic
+def exception_route_back(*, exception: ExceptionItem, queue: str, note: str, actor: User) -> ExceptionItem:
+    """Send the exception to the team that fixes it at the source; it waits, unassigned, in their queue."""
+    _check(actor)
+    if queue not in WORK_QUEUES:
+        raise ValidationError(f"{queue or 'An empty name'} is not a work queue.")
+    note = (note or "").strip()
+    with set_actor(actor):
+        exception = _locked(exception)
+        _require_open(exception)
+        exception.detail = {**(exception.detail or {}), "work_queue": queue}
+        exception.status = ExceptionStatus.WAITING
+        exception.assignee = None
+        exception.save(update_fields=["detail", "status", "assignee", "updated_at"])
+        body = f"Routed back to {WORK_QUEUES[queue]}." + (f" {note}" if note else "")
+        ExceptionComment.objects.create(exception=exception, author=actor, body=body)
+    return exception
+
+
+@transaction.atomic
+def exception_replay(*, exception: ExceptionItem, actor: User) -> Message:
+    """Replay the exception's source message as a new message (the original kept); the worker processes it.
+
+    Events are keyed by source and control id, so a replay never duplicates an effect that already happened.
+    """
+    _check(actor)
+    if not actor.has_perm(REPLAY_PERMISSION) and not actor.has_perm(WORK_PERMISSION):
+        raise PermissionDenied("You are not allowed to replay messages.")
+    with set_actor(actor):
+        exception = _locked(exception)
+        _require_open(exception)
+        original = exception.message
+        if original is None:
+            raise ValidationError("This exception has no source message to replay.")
+        raw = bytes(original.raw)
+        replay = Message.objects.create(
+            connector=original.connector,
+            raw=raw,
+            sha256=hashlib.sha256(raw).hexdigest(),
+            sender=original.sender,
+            control_id=original.control_id,
+            message_type=original.message_type,
+            replay_of=original,
+            lane=original.lane,
+            business_key=original.business_key,
+            status=MessageStatus.RECEIVED,
+        )
+        ExceptionComment.objects.create(
+            exception=exception, author=actor, body=f"Replayed the source message as message #{replay.pk}."
+        )
+        from healthsync.pipeline import _enqueue_processing
+
+        transaction.on_commit(_enqueue_processing)
+    return replay
+
+
+def exception_bulk(
+    *, action: str, exceptions: list[ExceptionItem], actor: User, **kwargs: object
+) -> dict[str, int]:
+    """Apply one action (retry, assign, resolve, ignore, route_back) to many exceptions, each in its own
+    transaction so one that fails does not undo the others; returns counts of done and skipped."""
+    _check(actor)
+    calls = {
+        "retry": exception_retry,
+        "assign": exception_assign,
+        "resolve": exception_resolve,
+        "ignore": exception_ignore,
+        "route_back": exception_route_back,
+    }
+    if action not in calls:
+        raise ValidationError(f"{action} is not a bulk action.")
+    done = skipped = 0
+    for exception in exceptions:
+        try:
+            calls[action](exception=exception, actor=actor, **kwargs)  # type: ignore[operator]
+            done += 1
+        except ValidationError:
+            skipped += 1
+    return {"done": done, "skipped": skipped}

@@ -59,6 +59,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_filters",
     "django_q",
     "django_htmx",
     "template_partials",
@@ -163,20 +165,54 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 
+# The REST API (healthsync/api/, docs/api.md): API clients authenticate with their bearer token, the browser
+# with its session; reads need the model's view permission, exactly as in the console.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "healthsync.api.authentication.ApiClientTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.DjangoModelPermissions"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PERMISSION_CLASSES": [
+        "healthsync.api.permissions.RolePermission",
+        "healthsync.api.permissions.HasScope",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": ["healthsync.api.throttling.ApiClientRateThrottle"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "healthsync.api.base.ApiPagination",
     "PAGE_SIZE": 50,
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_VERSIONING_CLASS": "rest_framework.versioning.NamespaceVersioning",
+    "DEFAULT_VERSION": "v1",
+    "ALLOWED_VERSIONS": ["v1"],
+    "EXCEPTION_HANDLER": "healthsync.api.problems.problem_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "HealthSync API",
+    "DESCRIPTION": "Systems, configuration, the message store, workflow runs, exceptions and KPIs. "
+    "Errors are RFC 9457 problem details. Versioning and deprecation policy: docs/api.md.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "healthsync.api.problems.add_problem_responses",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        name + "Enum": f"healthsync.choices.{name}.choices"
+        for name in (
+            "SystemKind",
+            "ExceptionKind",
+            "ExceptionStatus",
+            "MessageStatus",
+            "VersionStatus",
+            "RunStatus",
+            "ChangeKind",
+            "ChangeStatus",
+        )
+    },
 }
 
 # django-q2: the ORM broker needs nothing extra; set REDIS_URL to use Redis at scale.
@@ -219,3 +255,8 @@ HEALTHSYNC_RCM_URL = os.getenv("HEALTHSYNC_RCM_URL", "http://127.0.0.1:8101")
 HEALTHSYNC_ERP_URL = os.getenv("HEALTHSYNC_ERP_URL", "http://127.0.0.1:8102")
 # Seconds after which a message claimed by a worker that never finished it goes back to the queue.
 HEALTHSYNC_CLAIM_TIMEOUT = envint("HEALTHSYNC_CLAIM_TIMEOUT", "900")
+# Retention (days) when no RetentionPolicy row applies; runtime bookkeeping; the largest replay one request may ask.
+HEALTHSYNC_RETENTION_DAYS = envint("HEALTHSYNC_RETENTION_DAYS", "30")
+HEALTHSYNC_METRIC_RETENTION_DAYS = envint("HEALTHSYNC_METRIC_RETENTION_DAYS", "14")
+HEALTHSYNC_RUN_RETENTION_DAYS = envint("HEALTHSYNC_RUN_RETENTION_DAYS", "90")
+HEALTHSYNC_REPLAY_MAX = envint("HEALTHSYNC_REPLAY_MAX", "10000")

@@ -28,8 +28,12 @@ def deliver_due() -> int:
 
 
 def ensure_schedules() -> None:
-    """Upsert the runtime's django-q2 schedules by name (Schedule.name is not unique, so look it up first)."""
+    """Upsert the runtime's django-q2 schedules and every declared job's, by name (Schedule.name is not unique)."""
     from django_q.models import Schedule
+
+    from healthsync.jobs import jobs_sync_schedules
+
+    jobs_sync_schedules()
 
     for name, func in SCHEDULES.items():
         schedule = Schedule.objects.filter(name=name).order_by("id").first()

@@ -4,7 +4,12 @@ One WorkflowRun per encounter (business key = encounter id). Its context is the 
 the encounter data merged from encounter.admitted and encounter.discharged (later non-empty values win),
 the charges by charge id, fixes people made from the exception queue, and the ids the destinations gave back.
 
-Steps: admitted → charges_posted → discharged → claim_ready → claim_submitted → accrual_posted (completed).
+Steps (declared in workflows/definitions.py): admitted → charges_posted → discharged → documentation_completed
+→ coding_completed → bill_hold_released → claim_ready (accrual requested) → claim_submitted / accrual_posted
+(completed: billed) → claim_accepted / claim_rejected → paid / denied → cash_posted. A cancel-discharge (A13) puts
+the run back to admitted; a charge posted after the claim went out is flagged late and sent on a corrected claim
+(frequency 7, next idempotency version). Coding and a bill hold are waited for when the settings
+HEALTHSYNC_REQUIRE_CODING / HEALTHSYNC_BILL_HOLD_DAYS ask for them (default: neither).
 A discharge the RCM cannot bill (no insurance, diagnosis, attending or financial class) blocks the run with a
 missing_data exception naming what is missing and the fields that fix it; retrying it with the fixes sends the
 claim. Idempotency keys make every effect happen once however often events or retries repeat.
@@ -13,9 +18,11 @@ claim. Idempotency keys make every effect happen once however often events or re
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -35,10 +42,28 @@ logger = logging.getLogger(__name__)
 WORKFLOW = "discharge_to_bill"
 CLAIM_OPERATION = "submit_claim"
 ACCRUAL_OPERATION = "post_accrual"
+JOURNAL_OPERATION = "post_journal"
 RECEIVABLE_ACCOUNT = ("1200", "Patient accounts receivable")
+PATIENT_RECEIVABLE_ACCOUNT = ("1210", "Patient responsibility receivable")
 REVENUE_ACCOUNT = ("4000", "Patient service revenue")
+CASH_ACCOUNT = ("1000", "Cash")
+ADJUSTMENT_ACCOUNT = ("4900", "Contractual adjustments")
+REMITTANCE_WORKFLOW = "remittance"
 # Context keys the workflow owns; encounter data never overwrites them.
-_RESERVED = {"charges", "claim_id", "claim_delivery_id", "journal_document_number", "source_system", "fixes"}
+_RESERVED = {
+    "charges",
+    "claim_id",
+    "claim_delivery_id",
+    "journal_document_number",
+    "source_system",
+    "fixes",
+    "claim_version",
+    "late_charges",
+    "correction_pending",
+    "corrected_claims",
+    "remits",
+    "bill_hold_until",
+}
 
 # What billing needs, in the order people read it, with the fields that complete it.
 REQUIREMENTS: list[tuple[str, list[dict[str, Any]]]] = [
@@ -69,6 +94,14 @@ def register() -> None:
         ("encounter.admitted", on_admitted),
         ("charge.posted", on_charges_posted),
         ("encounter.discharged", on_discharged),
+        ("encounter.discharge_cancelled", on_discharge_cancelled),
+        ("documentation.completed", on_documentation_completed),
+        ("coding.completed", on_coding_completed),
+        ("claim.accepted", on_claim_accepted),
+        ("claim.rejected", on_claim_rejected),
+        ("claim.paid", on_claim_paid),
+        ("claim.denied", on_claim_denied),
+        ("remittance.received", on_remittance_received),
     ):
         if handler not in workflow_registry.handlers_for(event_type):
             workflow_registry.on_event(event_type, handler)
@@ -90,13 +123,28 @@ def on_charges_posted(event: CanonicalEvent) -> None:
     run = _run_for(event.subject)
     run.context.setdefault("source_system", event.source)
     charges = run.context.setdefault("charges", {})
+    billed = bool(run.context.get("claim_delivery_id"))
+    late = []
     for charge in event.data.get("charges", []):
         # Keyed by FT1-2 so that a charge sent twice counts once.
-        charges[str(charge.get("charge_id"))] = charge
+        charge_id = str(charge.get("charge_id"))
+        if billed and charge_id not in charges:
+            charge = {**charge, "late": True}
+            late.append(charge_id)
+        charges[charge_id] = charges.get(charge_id, charge) if billed else charge
     run.amount = total_charges(run.context)
     if not run.facility and event.data.get("facility"):
         run.facility = str(event.data["facility"])[:80]
     _step(run, "charges_posted", event.occurred_at or timezone.now(), event=event)
+    if late:
+        # After the final bill: flag them and send them on a corrected claim, never on the original.
+        run.context.setdefault("late_charges", []).extend(late)
+        _step(
+            run, "late_charge_posted", event.occurred_at or timezone.now(), event=event, note=", ".join(late)
+        )
+        run.context["correction_pending"] = True
+        run.save()
+        _send_correction_if_due(run, event=event)
     run.save()
 
 
@@ -108,7 +156,7 @@ def on_discharged(event: CanonicalEvent) -> None:
     advance(run, event=event)
 
 
-def advance(run: WorkflowRun, *, event: CanonicalEvent | None = None) -> None:
+def advance(run: WorkflowRun, *, event: CanonicalEvent | None = None, now: datetime | None = None) -> None:
     """Check the account and, once it is complete, ask the RCM for the claim (once)."""
     if run.status in (RunStatus.COMPLETED, RunStatus.CANCELLED) or run.context.get("claim_delivery_id"):
         return
@@ -118,6 +166,20 @@ def advance(run: WorkflowRun, *, event: CanonicalEvent | None = None) -> None:
     if missing:
         _raise_missing_data(run, missing, event=event)
         return
+    if run.status == RunStatus.BLOCKED and not _open_exceptions(run).exists():
+        run.status = RunStatus.ACTIVE
+    if require_coding() and not run.steps.filter(step="coding_completed").exists():
+        run.save()
+        return
+    hold_days = bill_hold_days()
+    if hold_days:
+        discharged = run.steps.get(step="discharged").occurred_at
+        hold_until = discharged + timedelta(days=hold_days)
+        if (now or timezone.now()) < hold_until:
+            run.context["bill_hold_until"] = hold_until.isoformat()
+            run.save()
+            return
+        _step(run, "bill_hold_released", hold_until, event=event)
     _step(run, "claim_ready", timezone.now(), event=event)
     run.status = RunStatus.ACTIVE
     encounter_id = run.business_key
@@ -132,7 +194,44 @@ def advance(run: WorkflowRun, *, event: CanonicalEvent | None = None) -> None:
         event=event,
     )
     run.context["claim_delivery_id"] = delivery.pk
+    run.context["claim_version"] = 1
+    if run.amount > 0:
+        # The revenue is accrued when the claim is ready, not when the payer answers.
+        key = f"{source}:accrual:{encounter_id}:1"
+        delivery_request(
+            connector=connector_for_operation(ACCRUAL_OPERATION),
+            operation=ACCRUAL_OPERATION,
+            payload=accrual_payload(run, key),
+            idempotency_key=key,
+            workflow=WORKFLOW,
+            business_key=encounter_id,
+            event=event,
+        )
     run.save()
+
+
+def require_coding() -> bool:
+    """Whether a claim waits for coding.completed (BAR^P05); off by default, as the demo EHR sends none."""
+    return bool(getattr(settings, "HEALTHSYNC_REQUIRE_CODING", False))
+
+
+def bill_hold_days() -> int:
+    """Days after discharge before the claim may go (late charges and coding catch up); 0 by default."""
+    return int(getattr(settings, "HEALTHSYNC_BILL_HOLD_DAYS", 0) or 0)
+
+
+def release_bill_holds(now: datetime | None = None) -> int:
+    """Carry on runs whose bill hold has ended (run from a schedule); returns how many were looked at."""
+    now = now or timezone.now()
+    count = 0
+    waiting = WorkflowRun.objects.filter(workflow=WORKFLOW, status=RunStatus.ACTIVE, steps__step="discharged")
+    for run_id in waiting.exclude(steps__step="claim_ready").values_list("id", flat=True):
+        run = WorkflowRun.objects.select_for_update().get(pk=run_id)
+        until = _when(run.context.get("bill_hold_until"))
+        if until is None or until <= now:
+            advance(run, now=now)
+            count += 1
+    return count
 
 
 # Delivery outcomes ----------------------------------------------------------------------------------------
@@ -156,31 +255,38 @@ def on_delivery(delivery: Delivery) -> None:
     if delivery.status != DeliveryStatus.SUCCEEDED:
         return
     if delivery.operation == CLAIM_OPERATION:
+        if (delivery.payload or {}).get("claim_frequency") == "7":
+            run.context.setdefault("corrected_claims", []).append(delivery.external_id)
+            _step(
+                run, "corrected_claim_submitted", timezone.now(), delivery=delivery, note=delivery.external_id
+            )
+            run.save()
+            return
         run.context["claim_id"] = delivery.external_id
         _step(run, "claim_submitted", timezone.now(), delivery=delivery, note=delivery.external_id)
         _resolve_missing_data(run, f"Claim {delivery.external_id} submitted to the RCM.")
-        if run.amount > 0:
-            source = run.context.get("source_system", "unknown")
-            key = f"{source}:accrual:{run.business_key}:1"
-            delivery_request(
-                connector=connector_for_operation(ACCRUAL_OPERATION),
-                operation=ACCRUAL_OPERATION,
-                payload=accrual_payload(run, key),
-                idempotency_key=key,
-                workflow=WORKFLOW,
-                business_key=run.business_key,
-                event=delivery.event,
-            )
-            run.status = RunStatus.ACTIVE
-        else:
-            # Nothing to accrue: the account is billed and the ledger has nothing to say about it.
+        if run.amount <= 0 or run.steps.filter(step="accrual_posted").exists():
             _complete(run)
         run.save()
+        if run.context.get("correction_pending"):
+            _send_correction_if_due(run, event=delivery.event)
     elif delivery.operation == ACCRUAL_OPERATION:
+        if not delivery.idempotency_key.endswith(":1"):
+            run.context.setdefault("accrual_adjustments", []).append(delivery.external_id)
+            run.save()
+            return
         run.context["journal_document_number"] = delivery.external_id
         _step(run, "accrual_posted", timezone.now(), delivery=delivery, note=delivery.external_id)
-        _complete(run)
+        if run.steps.filter(step="claim_submitted").exists():
+            _complete(run)
         run.save()
+    elif delivery.operation == JOURNAL_OPERATION and ":cash:" in delivery.idempotency_key:
+        remits = run.context.setdefault("remits", {})
+        trace = str((delivery.payload or {}).get("trace_number", ""))
+        remits.setdefault(trace, {})["document_number"] = delivery.external_id
+        _step(run, "cash_posted", timezone.now(), delivery=delivery, note=delivery.external_id)
+        run.save()
+        _remittance_posted(trace, delivery)
 
 
 def _complete(run: WorkflowRun) -> None:
@@ -204,12 +310,36 @@ def on_retry(exception: ExceptionItem, fixes: dict[str, str], actor: User) -> No
             # The RCM never accepted this claim, so the same key may carry the corrected payload.
             delivery.payload = claim_payload(run)
             delivery.save(update_fields=["payload"])
+            # The refreshed claim carries every charge so far: no late charge is left for a correction.
+            run.context["correction_pending"] = False
+            run.save()
         delivery_reset(delivery=delivery)
         if run.status == RunStatus.BLOCKED:
             run.status = RunStatus.ACTIVE
             run.save()
         return
     advance(run, event=exception.event)
+
+
+def on_exception_closed(exception: ExceptionItem, actor: User | None = None) -> None:
+    """A resolved or ignored exception lets its run move on when nothing else blocks it."""
+    if exception.workflow != WORKFLOW or not exception.business_key:
+        return
+    run = (
+        WorkflowRun.objects.select_for_update()
+        .filter(workflow=WORKFLOW, business_key=exception.business_key)
+        .first()
+    )
+    if run is None or run.status != RunStatus.BLOCKED or _open_exceptions(run).exists():
+        return
+    run.status = RunStatus.ACTIVE
+    run.save()
+    if not missing_requirements(run.context):
+        advance(run, event=exception.event)
+
+
+def _open_exceptions(run: WorkflowRun) -> Any:
+    return ExceptionItem.objects.open().filter(workflow=run.workflow, business_key=run.business_key)
 
 
 def apply_fixes(run: WorkflowRun, fixes: dict[str, str], actor: User | None) -> None:
@@ -316,9 +446,11 @@ def claim_payload(run: WorkflowRun) -> dict[str, Any]:
     }
 
 
-def accrual_payload(run: WorkflowRun, external_reference: str) -> dict[str, Any]:
+def accrual_payload(
+    run: WorkflowRun, external_reference: str, *, amount: Decimal | None = None
+) -> dict[str, Any]:
     """A balanced revenue accrual: debit receivables, credit revenue, for the account's charges."""
-    amount = str(total_charges(run.context))
+    amount = str(total_charges(run.context) if amount is None else amount)
     discharged = _when(run.context.get("discharged_at")) or timezone.now()
     cost_center = run.facility or run.context.get("facility", "")
     return {
@@ -345,6 +477,347 @@ def accrual_payload(run: WorkflowRun, external_reference: str) -> dict[str, Any]
             },
         ],
     }
+
+
+# Cancel discharge, documentation, coding ----------------------------------------------------------------
+
+
+def on_discharge_cancelled(event: CanonicalEvent) -> None:
+    """A13: the patient is back in house; the account leaves DNFB and its discharge exceptions are withdrawn."""
+    run = _run_for(event.subject)
+    when = _when(event.data.get("cancelled_at")) or event.occurred_at or timezone.now()
+    claim = _claim_delivery(run)
+    if claim is not None and claim.status == DeliveryStatus.SUCCEEDED:
+        # The payer already has the claim: only a person can void it, so say so instead of unwinding.
+        _raise(
+            run,
+            ExceptionKind.MISMATCH,
+            f"Discharge of encounter {run.business_key} was cancelled after claim "
+            f"{run.context.get('claim_id', '')} was submitted: void or correct the claim in the RCM.",
+            {"claim_id": run.context.get("claim_id", "")},
+            event=event,
+        )
+        WorkflowStep.objects.update_or_create(
+            run=run, step="discharge_cancelled", defaults={"occurred_at": when, "event": event}
+        )
+        run.save()
+        return
+    run.steps.filter(step__in=["discharged", "bill_hold_released", "claim_ready"]).delete()
+    WorkflowStep.objects.update_or_create(
+        run=run, step="discharge_cancelled", defaults={"occurred_at": when, "event": event, "note": "A13"}
+    )
+    for key in ("discharged_at", "disposition", "bill_hold_until"):
+        run.context.pop(key, None)
+    run.step = "admitted"
+    run.status = RunStatus.ACTIVE
+    for item in _open_exceptions(run):
+        item.status = ExceptionStatus.RESOLVED
+        item.resolved_at = timezone.now()
+        item.resolution_note = "Withdrawn: the discharge was cancelled (ADT^A13)."
+        item.save(update_fields=["status", "resolved_at", "resolution_note", "updated_at"])
+    run.save()
+
+
+def on_documentation_completed(event: CanonicalEvent) -> None:
+    run = _run_for(event.subject)
+    _step(
+        run, "documentation_completed", _when(event.data.get("signed_at")) or event.occurred_at, event=event
+    )
+    run.save()
+
+
+def on_coding_completed(event: CanonicalEvent) -> None:
+    """BAR^P05: the final codes replace the working ones; a coded, discharged account may bill."""
+    run = _run_for(event.subject)
+    if event.data.get("diagnoses"):
+        run.context["diagnoses"] = event.data["diagnoses"]
+    for key in ("procedures", "drg"):
+        if event.data.get(key):
+            run.context[key] = event.data[key]
+    _step(run, "coding_completed", _when(event.data.get("coded_at")) or event.occurred_at, event=event)
+    run.save()
+    advance(run, event=event)
+
+
+def _send_correction_if_due(run: WorkflowRun, *, event: CanonicalEvent | None) -> None:
+    """Send late charges on a replacement claim (frequency 7) once the original claim is at the RCM."""
+    claim = _claim_delivery(run)
+    if claim is None or claim.status != DeliveryStatus.SUCCEEDED:
+        return
+    version = int(run.context.get("claim_version") or 1) + 1
+    source = run.context.get("source_system", "unknown")
+    payload = claim_payload(run)
+    payload["claim_frequency"] = "7"
+    payload["original_claim_id"] = run.context.get("claim_id", "")
+    delivery_request(
+        connector=connector_for_operation(CLAIM_OPERATION),
+        operation=CLAIM_OPERATION,
+        payload=payload,
+        idempotency_key=f"{source}:claim:{run.business_key}:{version}",
+        workflow=WORKFLOW,
+        business_key=run.business_key,
+        event=event,
+    )
+    accrued = Decimal(str((claim.payload or {}).get("total_charges") or "0"))
+    for key in run.context.get("accrual_versions", []):
+        accrued += Decimal(key)
+    delta = total_charges(run.context) - accrued
+    if delta > 0:
+        key = f"{source}:accrual:{run.business_key}:{version}"
+        adjustment = accrual_payload(run, key, amount=delta)
+        adjustment["description"] = (
+            f"Late charge accrual, encounter {run.business_key}, claim version {version}"
+        )
+        delivery_request(
+            connector=connector_for_operation(ACCRUAL_OPERATION),
+            operation=ACCRUAL_OPERATION,
+            payload=adjustment,
+            idempotency_key=key,
+            workflow=WORKFLOW,
+            business_key=run.business_key,
+            event=event,
+        )
+        run.context.setdefault("accrual_versions", []).append(str(delta))
+    run.context["claim_version"] = version
+    run.context["correction_pending"] = False
+    run.save()
+
+
+# Claim lifecycle and remittance (events from the RCM: 999/277CA/835 mapped by their own connector) -------
+
+
+def _run_for_claim(event: CanonicalEvent) -> WorkflowRun | None:
+    data = event.data
+    key = str(data.get("patient_control_number") or (event.correlation or {}).get("encounter") or "")
+    runs = WorkflowRun.objects.select_for_update().filter(workflow=WORKFLOW)
+    run = runs.filter(business_key=key).first() if key else None
+    claim_id = str(data.get("claim_id") or "")
+    if run is None and claim_id:
+        run = runs.filter(context__claim_id=claim_id).first()
+    if run is None:
+        ExceptionItem.objects.create(
+            kind=ExceptionKind.MISMATCH,
+            workflow=WORKFLOW,
+            business_key=key or claim_id or event.subject,
+            event=event,
+            message=event.message,
+            reason=f"{event.type} for claim {claim_id or '?'} matches no account HealthSync knows.",
+            detail={"claim_id": claim_id, "patient_control_number": key},
+            amount=_decimal(data.get("paid_amount") or data.get("amount")),
+        )
+        return None
+    if not isinstance(run.context, dict):
+        run.context = {}
+    return run
+
+
+def on_claim_accepted(event: CanonicalEvent) -> None:
+    run = _run_for_claim(event)
+    if run is None:
+        return
+    _step(run, "claim_accepted", event.occurred_at, event=event, note=str(event.data.get("status_code", "")))
+    run.save()
+
+
+def on_claim_rejected(event: CanonicalEvent) -> None:
+    run = _run_for_claim(event)
+    if run is None:
+        return
+    codes = event.data.get("reasons") or event.data.get("status_codes") or []
+    _step(run, "claim_rejected", event.occurred_at, event=event, note=", ".join(map(str, codes)))
+    _raise(
+        run,
+        ExceptionKind.DESTINATION_REJECTED,
+        f"The payer rejected claim {run.context.get('claim_id', '')} for encounter {run.business_key}"
+        + (f": {', '.join(map(str, codes))}" if codes else ""),
+        {"reasons": codes},
+        event=event,
+    )
+
+
+def on_claim_denied(event: CanonicalEvent) -> None:
+    run = _run_for_claim(event)
+    if run is None:
+        return
+    codes = [f"{a.get('group', '')}-{a.get('reason', '')}" for a in event.data.get("adjustments") or []]
+    _step(run, "denied", event.occurred_at, event=event, note=", ".join(codes))
+    _raise(
+        run,
+        ExceptionKind.DESTINATION_REJECTED,
+        f"The payer denied claim {run.context.get('claim_id', '')} for encounter {run.business_key}"
+        + (f" ({', '.join(codes)})" if codes else "")
+        + ": appeal or correct and resubmit.",
+        {"reasons": codes},
+        event=event,
+    )
+
+
+def on_claim_paid(event: CanonicalEvent) -> None:
+    """835 CLP with a payment: post cash, contractual adjustments and patient share to the ERP, once per remit."""
+    run = _run_for_claim(event)
+    if run is None:
+        return
+    data = event.data
+    trace = str(data.get("trace_number") or event.source_ref)
+    _step(run, "paid", _when(data.get("payment_date")) or event.occurred_at, event=event, note=trace)
+    run.context.setdefault("remits", {}).setdefault(trace, {"paid_amount": str(data.get("paid_amount", ""))})
+    source = run.context.get("source_system", "unknown")
+    claim_id = str(data.get("claim_id") or run.context.get("claim_id") or run.business_key)
+    key = f"{source}:cash:{claim_id}:{trace}"
+    payload = cash_payload(run, data, key, trace)
+    run.save()
+    if payload is None:
+        return
+    delivery_request(
+        connector=connector_for_operation(JOURNAL_OPERATION),
+        operation=JOURNAL_OPERATION,
+        payload=payload,
+        idempotency_key=key,
+        workflow=WORKFLOW,
+        business_key=run.business_key,
+        event=event,
+    )
+
+
+def on_remittance_received(event: CanonicalEvent) -> None:
+    """An 835 payment: one remittance run per trace number, completed when each of its claims is posted."""
+    data = event.data
+    trace = str(data.get("trace_number") or event.subject)
+    run, _ = WorkflowRun.objects.select_for_update().get_or_create(
+        workflow=REMITTANCE_WORKFLOW, business_key=trace
+    )
+    run.context = {**(run.context or {}), **{k: v for k, v in data.items() if k != "claims"}}
+    run.payer = str(data.get("payer") or "")[:120]
+    run.amount = _decimal(data.get("amount"))
+    _step(run, "received", _when(data.get("payment_date")) or event.occurred_at, event=event)
+    run.save()
+    for claim in data.get("claims") or []:
+        # Claims carried inside the remittance go the same way as a separate claim.paid event.
+        if isinstance(claim, dict) and _decimal(claim.get("paid_amount")) > 0:
+            proxy = CanonicalEvent(
+                type="claim.paid",
+                source=event.source,
+                subject=str(claim.get("patient_control_number") or ""),
+                occurred_at=event.occurred_at,
+                source_ref=event.source_ref,
+                correlation={},
+                data={**claim, "trace_number": trace, "payment_date": data.get("payment_date", "")},
+                message=event.message,
+            )
+            proxy.pk = event.pk
+            on_claim_paid(proxy)
+
+
+def _remittance_posted(trace: str, delivery: Delivery) -> None:
+    run = (
+        WorkflowRun.objects.select_for_update()
+        .filter(workflow=REMITTANCE_WORKFLOW, business_key=trace)
+        .first()
+    )
+    if run is None:
+        return
+    posted = run.context.setdefault("posted", [])
+    if delivery.external_id not in posted:
+        posted.append(delivery.external_id)
+    expected = int(run.context.get("claim_count") or 1)
+    if len(posted) >= expected:
+        _step(run, "posted", timezone.now(), delivery=delivery, note=", ".join(posted))
+        run.status = RunStatus.COMPLETED
+        run.completed_at = run.completed_at or timezone.now()
+    run.save()
+
+
+def cash_payload(run: WorkflowRun, data: dict[str, Any], key: str, trace: str) -> dict[str, Any] | None:
+    """Cash to the bank, contractual adjustments to their contra-revenue account, patient share reclassed."""
+    paid = _decimal(data.get("paid_amount"))
+    patient = _decimal(data.get("patient_responsibility"))
+    contractual = sum(
+        (
+            _decimal(a.get("amount"))
+            for a in data.get("adjustments") or []
+            if a.get("group") in ("CO", "OA", "PI")
+        ),
+        Decimal("0.00"),
+    )
+    cost_center = run.facility or run.context.get("facility", "")
+    lines = []
+    for (account, name), debit in (
+        (CASH_ACCOUNT, paid),
+        (ADJUSTMENT_ACCOUNT, contractual),
+        (PATIENT_RECEIVABLE_ACCOUNT, patient),
+    ):
+        if debit > 0:
+            lines.append(_line(account, name, cost_center, debit=debit))
+    total = paid + contractual + patient
+    if total <= 0:
+        return None
+    lines.append(_line(RECEIVABLE_ACCOUNT[0], RECEIVABLE_ACCOUNT[1], cost_center, credit=total))
+    paid_on = _when(data.get("payment_date")) or timezone.now()
+    return {
+        "external_reference": key,
+        "journal_date": paid_on.date().isoformat(),
+        "period": paid_on.strftime("%Y-%m"),
+        "currency": "USD",
+        "description": f"Remittance {trace}, claim {data.get('claim_id') or run.context.get('claim_id', '')}",
+        "source_document": trace,
+        "trace_number": trace,
+        "lines": lines,
+    }
+
+
+def _line(
+    account: str, name: str, cost_center: str, *, debit: Decimal = Decimal(0), credit: Decimal = Decimal(0)
+) -> dict[str, str]:
+    return {
+        "account": account,
+        "account_name": name,
+        "cost_center": cost_center,
+        "debit": f"{debit:.2f}",
+        "credit": f"{credit:.2f}",
+    }
+
+
+def _decimal(value: Any) -> Decimal:
+    try:
+        return Decimal(str(value or "0")).quantize(Decimal("0.01"))
+    except InvalidOperation:
+        return Decimal("0.00")
+
+
+def _claim_delivery(run: WorkflowRun) -> Delivery | None:
+    delivery_id = run.context.get("claim_delivery_id")
+    return Delivery.objects.filter(pk=delivery_id).first() if delivery_id else None
+
+
+def _raise(
+    run: WorkflowRun, kind: str, reason: str, detail: dict[str, Any], *, event: CanonicalEvent | None
+) -> ExceptionItem:
+    """One open exception of a kind per run, refreshed when raised again."""
+    existing = _open_exceptions(run).filter(kind=kind, delivery__isnull=True).first()
+    fields = {
+        "reason": reason,
+        "detail": detail,
+        "facility": run.facility,
+        "payer": run.payer,
+        "amount": run.amount,
+    }
+    if existing is not None:
+        for name, value in fields.items():
+            setattr(existing, name, value)
+        existing.save()
+        item = existing
+    else:
+        item = ExceptionItem.objects.create(
+            kind=kind,
+            workflow=run.workflow,
+            business_key=run.business_key,
+            event=event,
+            message=event.message if event is not None else None,
+            **fields,
+        )
+    run.status = RunStatus.BLOCKED
+    run.save()
+    return item
 
 
 # Internals ------------------------------------------------------------------------------------------------
@@ -400,7 +873,11 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _when(value: Any) -> datetime | None:
-    return parse_datetime(str(value)) if value else None
+    moment = parse_datetime(str(value)) if value else None
+    if moment is not None and timezone.is_naive(moment):
+        # A date-only value (an 835 payment date) is taken in the hospital's time zone.
+        moment = timezone.make_aware(moment)
+    return moment
 
 
 def _step(

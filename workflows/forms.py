@@ -10,6 +10,8 @@ from django.contrib.auth.models import Permission
 from django.db.models import Q, QuerySet
 
 from healthsync.choices import ExceptionKind, ExceptionStatus
+from healthsync.models import ExceptionItem
+from healthsync.services import WORK_QUEUES
 
 ALL_STATUSES = "all"
 UNRESOLVED = "unresolved"
@@ -18,7 +20,15 @@ SORTS = {
     "-age": ("-created_at", "-id"),
     "amount": ("amount", "id"),
     "-amount": ("-amount", "id"),
+    "due": ("sla_due_at", "created_at", "id"),  # most urgent first (no due time: by age)
 }
+AGES = [
+    ("", "Any age"),
+    ("1", "Older than 1 day"),
+    ("3", "Older than 3 days"),
+    ("7", "Older than 7 days"),
+    ("30", "Older than 30 days"),
+]
 
 
 def workers() -> QuerySet:
@@ -47,12 +57,19 @@ class ExceptionFilterForm(forms.Form):
     kind = forms.ChoiceField(choices=[("", "Any kind"), *ExceptionKind.choices], required=False)
     assignee = forms.ChoiceField(required=False)
     q = forms.CharField(required=False, max_length=200, label="Business key")
+    facility = forms.ChoiceField(required=False)
+    payer = forms.CharField(required=False, max_length=120)
+    age = forms.ChoiceField(choices=AGES, required=False)
+    min_amount = forms.DecimalField(
+        required=False, min_value=0, max_digits=14, decimal_places=2, label="Amount at least"
+    )
     sort = forms.ChoiceField(
         choices=[
             ("age", "Oldest first"),
             ("-age", "Newest first"),
-            ("-amount", "Largest amount first"),
+            ("-amount", "Most money at risk first"),
             ("amount", "Smallest amount first"),
+            ("due", "SLA due soonest"),
         ],
         required=False,
     )
@@ -65,13 +82,80 @@ class ExceptionFilterForm(forms.Form):
             ("none", "Unassigned"),
             *[(str(user.pk), user.get_full_name() or user.username) for user in workers()],
         ]
+        facilities = (
+            ExceptionItem.objects.exclude(facility="")
+            .order_by("facility")
+            .values_list("facility", flat=True)
+            .distinct()
+        )
+        self.fields["facility"].choices = [("", "Any facility"), *[(f, f) for f in facilities[:200]]]
 
     def cleaned_or_default(self) -> dict[str, str]:
         """The filters to apply: valid values as given, defaults for missing or invalid ones."""
-        values = {"status": ExceptionStatus.OPEN.value, "kind": "", "assignee": "", "q": "", "sort": "age"}
+        values = {
+            "status": ExceptionStatus.OPEN.value,
+            "kind": "",
+            "assignee": "",
+            "q": "",
+            "facility": "",
+            "payer": "",
+            "age": "",
+            "min_amount": "",
+            "sort": "age",
+        }
         if self.is_valid():
-            values.update({key: value for key, value in self.cleaned_data.items() if value})
+            values.update(
+                {key: str(value) for key, value in self.cleaned_data.items() if value not in (None, "")}
+            )
+        else:
+            # Keep the valid filters when one is bad (a typo in the amount must not show everything).
+            values.update(
+                {
+                    key: str(value)
+                    for key, value in getattr(self, "cleaned_data", {}).items()
+                    if value not in (None, "")
+                }
+            )
         return values
+
+
+class RouteBackForm(forms.Form):
+    """Send the exception to the team that fixes it at the source."""
+
+    queue = forms.ChoiceField(choices=list(WORK_QUEUES.items()), label="Work queue")
+    note = forms.CharField(required=False, max_length=2000, label="Note for the team")
+
+
+class BulkForm(forms.Form):
+    """One action on the exceptions ticked in the queue."""
+
+    ACTIONS = [
+        ("assign_me", "Assign to me"),
+        ("assign", "Assign to…"),
+        ("retry", "Retry"),
+        ("resolve", "Close as resolved"),
+        ("ignore", "Close as ignored"),
+    ]
+    action = forms.ChoiceField(choices=ACTIONS)
+    ids = forms.TypedMultipleChoiceField(coerce=int, choices=[])
+    assignee = forms.ModelChoiceField(queryset=get_user_model().objects.none(), required=False)
+    note = forms.CharField(required=False, max_length=2000)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["assignee"].queryset = workers()
+        data = args[0] if args else kwargs.get("data")
+        ids = data.getlist("ids") if data is not None and hasattr(data, "getlist") else []
+        self.fields["ids"].choices = [(value, value) for value in ids]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        action = cleaned.get("action")
+        if action == "assign" and not cleaned.get("assignee"):
+            self.add_error("assignee", "Choose whom to assign them to.")
+        if action in ("resolve", "ignore") and not (cleaned.get("note") or "").strip():
+            self.add_error("note", "Say why they are closed.")
+        return cleaned
 
 
 class AssignForm(forms.Form):

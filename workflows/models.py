@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from auditlog.registry import auditlog
 from django.db import models
 from django.utils import timezone
 
@@ -54,3 +55,51 @@ class WorkflowStep(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run} {self.step}"
+
+
+class AllocationRule(models.Model):
+    """A governed labour-cost rule: which share of a payroll department's cost goes to which cost centre."""
+
+    department = models.CharField(max_length=80, help_text="Payroll department code as in the payroll file.")
+    cost_center = models.CharField(max_length=80)
+    gl_account = models.CharField(max_length=20, default="6000", help_text="Salaries expense account.")
+    share = models.DecimalField(max_digits=5, decimal_places=2, help_text="Percent of the department's cost.")
+    is_active = models.BooleanField(default=True)
+    approved_by = models.ForeignKey(
+        "auth.User", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["department", "cost_center"]
+        constraints = [
+            models.UniqueConstraint(fields=["department", "cost_center"], name="one_allocation_per_target")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.department} → {self.cost_center} {self.share}%"
+
+
+class ParLevel(models.Model):
+    """The stock a location keeps of a supply item; usage below it raises a requisition."""
+
+    item_code = models.CharField(max_length=80)
+    location = models.CharField(max_length=80)
+    description = models.CharField(max_length=200, blank=True)
+    par = models.PositiveIntegerField(help_text="Level to refill to.")
+    reorder_point = models.PositiveIntegerField(help_text="Order when on hand falls to this or below.")
+    on_hand = models.IntegerField(default=0)
+    unit_cost = models.DecimalField(max_digits=12, decimal_places=2, default=0)
+    supplier = models.CharField(max_length=80, blank=True)
+
+    class Meta:
+        ordering = ["location", "item_code"]
+        constraints = [models.UniqueConstraint(fields=["item_code", "location"], name="one_par_per_item")]
+
+    def __str__(self) -> str:
+        return f"{self.item_code} @ {self.location}"
+
+
+# Allocation rules and par levels are governed configuration: every change is in the audit log.
+auditlog.register(AllocationRule)
+auditlog.register(ParLevel)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import ValidationError
-from django.db.models import Count, QuerySet
+from django.db.models import Count, F, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_POST
 
@@ -23,16 +26,19 @@ from healthsync.choices import OPEN_EXCEPTION_STATUSES, ExceptionStatus
 from healthsync.models import ExceptionItem
 from healthsync.registry import connector_registry
 from healthsync.views import paginate, querystring_without_page, render_htmx
+from workflows.definitions import EXCEPTION_SLA
 from workflows.forms import (
     ALL_STATUSES,
     SORTS,
     UNRESOLVED,
     AssignForm,
+    BulkForm,
     CommentForm,
     ExceptionFilterForm,
     FixForm,
     IgnoreForm,
     ResolveForm,
+    RouteBackForm,
 )
 from workflows.models import WorkflowRun
 
@@ -62,7 +68,36 @@ def _filtered(request: HttpRequest, values: dict[str, str], *, with_status: bool
         items = items.filter(assignee_id=values["assignee"])
     if values["q"]:
         items = items.filter(business_key__icontains=values["q"].strip())
+    if values.get("facility"):
+        items = items.filter(facility=values["facility"])
+    if values.get("payer"):
+        items = items.filter(payer__icontains=values["payer"].strip())
+    if values.get("age"):
+        items = items.filter(created_at__lt=timezone.now() - timedelta(days=int(values["age"])))
+    if values.get("min_amount"):
+        items = items.filter(amount__gte=Decimal(values["min_amount"]))
     return items
+
+
+def _ordered(items: QuerySet, sort: str) -> QuerySet:
+    if sort == "due":
+        # An explicit due time first, soonest first; the rest by age (NULLs last on every database).
+        return items.order_by(F("sla_due_at").asc(nulls_last=True), "created_at", "id")
+    return items.order_by(*SORTS[sort])
+
+
+def sla_state(item: ExceptionItem, now: Any = None) -> str:
+    """ok, due-soon (under a quarter of the allowance left) or late, for the queue's SLA colours."""
+    if not item.is_open:
+        return "closed"
+    now = now or timezone.now()
+    allowance = EXCEPTION_SLA.get(item.kind, timedelta(days=1))
+    due = item.sla_due_at or item.created_at + allowance
+    if now >= due:
+        return "late"
+    if due - now < allowance / 4:
+        return "due-soon"
+    return "ok"
 
 
 def _status_counts(request: HttpRequest, values: dict[str, str]) -> list[dict[str, Any]]:
@@ -94,11 +129,17 @@ def exception_list(request: HttpRequest) -> HttpResponse:
     values = form.cleaned_or_default()
     if not request.GET:
         form = ExceptionFilterForm(initial=values)
-    items = _filtered(request, values).order_by(*SORTS[values["sort"]])
+    items = _ordered(_filtered(request, values), values["sort"])
+    page = paginate(request, items)
+    page.object_list = list(page.object_list)
+    now = timezone.now()
+    for item in page.object_list:
+        item.sla_state = sla_state(item, now)
     context = {
         "form": form,
         "values": values,
-        "page": paginate(request, items),
+        "page": page,
+        "bulk_form": BulkForm(),
         "querystring": querystring_without_page(request),
         "status_counts": _status_counts(request, values),
     }
@@ -194,6 +235,7 @@ def _action_forms(
         "resolve": ResolveForm(prefix="resolve"),
         "ignore": IgnoreForm(prefix="ignore"),
         "resubmit": FixForm(prefix="fix", fix_fields=fix_fields if isinstance(fix_fields, list) else []),
+        "route_back": RouteBackForm(prefix="route"),
     }
     action_forms.update(bound or {})
     return action_forms
@@ -220,6 +262,7 @@ def _render_detail(
     status: int = 200,
 ) -> HttpResponse:
     context = _workspace_context(request, exception, bound)
+    context["run"] = _run_for(exception)
     if request.htmx:
         # Action results swap the workspace only; it holds no PHI, so no access is recorded for it.
         response = render(request, f"{DETAIL_TEMPLATE}#workspace", context, status=status)
@@ -279,6 +322,19 @@ def _resubmit(request: HttpRequest, exception: ExceptionItem, form: forms.Form) 
     services.exception_retry(exception=exception, actor=request.user, fixes=form.fixes())
 
 
+def _route_back(request: HttpRequest, exception: ExceptionItem, form: forms.Form) -> None:
+    services.exception_route_back(
+        exception=exception,
+        queue=form.cleaned_data["queue"],
+        note=form.cleaned_data["note"],
+        actor=request.user,
+    )
+
+
+def _replay(request: HttpRequest, exception: ExceptionItem, form: forms.Form) -> None:
+    services.exception_replay(exception=exception, actor=request.user)
+
+
 # action → (form key in the page, success message, service call); "retry" has no fields of its own.
 ACTIONS: dict[str, tuple[str | None, str, ActionCall]] = {
     "assign": ("assign", "Exception assigned.", _assign),
@@ -287,6 +343,8 @@ ACTIONS: dict[str, tuple[str | None, str, ActionCall]] = {
     "ignore": ("ignore", "Exception ignored.", _ignore),
     "retry": (None, "Retry requested.", _retry),
     "resubmit": ("resubmit", "Fixed data resubmitted.", _resubmit),
+    "route_back": ("route_back", "Routed back to the work queue.", _route_back),
+    "replay": (None, "Source message replayed.", _replay),
 }
 
 
@@ -327,3 +385,38 @@ def exception_action(request: HttpRequest, pk: int, action: str) -> HttpResponse
         return response
     messages.success(request, success)
     return redirect("exception_detail", pk=exception.pk)
+
+
+@login_required
+@permission_required("healthsync.work_exceptionitem", raise_exception=True)
+@require_POST
+def exception_bulk(request: HttpRequest) -> HttpResponse:
+    """Assign, retry or close the ticked exceptions; each one in its own transaction."""
+    form = BulkForm(request.POST)
+    back = request.POST.get("next") or ""
+    if not back.startswith("/exceptions/"):
+        back = "/exceptions/"
+    if not form.is_valid():
+        for field, errors in form.errors.items():
+            for error in errors:
+                messages.error(
+                    request, error if field == "__all__" else f"{form.fields[field].label or field}: {error}"
+                )
+        return redirect(back)
+    data = form.cleaned_data
+    items = list(ExceptionItem.objects.filter(pk__in=data["ids"]))
+    action, kwargs = data["action"], {}
+    if action == "assign_me":
+        action, kwargs = "assign", {"assignee": request.user}
+    elif action == "assign":
+        kwargs = {"assignee": data["assignee"]}
+    elif action == "resolve":
+        kwargs = {"note": data["note"]}
+    elif action == "ignore":
+        kwargs = {"reason": data["note"]}
+    result = services.exception_bulk(action=action, exceptions=items, actor=request.user, **kwargs)
+    text = f"{result['done']} exception{'s' if result['done'] != 1 else ''} updated"
+    if result["skipped"]:
+        text += f", {result['skipped']} skipped (already closed)"
+    messages.success(request, text + ".")
+    return redirect(back)

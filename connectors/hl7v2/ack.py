@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from connectors.hl7v2.reader import Encoding, Header, escape
 
@@ -125,6 +125,98 @@ def build_ack(
         err = ["ERR", "", "", f"{esc(err_code)}{c}{esc(err_text)}{c}HL70357", "E", "", "", "", esc(text)]
         segments.append(f.join(err))
     return "\r".join(segments) + "\r"
+
+
+_MARK = "HSACKMARK"
+_TEMPLATES: dict[tuple[object, ...], tuple[str, str, str, str, str]] = {}
+_TEMPLATES_MAX = 4096
+_clock: list[object] = [0, ""]
+
+
+def _cached_timestamp() -> str:
+    # One strftime per second instead of one per ACK.
+    now = int(time.time())
+    if _clock[0] != now:
+        _clock[0], _clock[1] = now, _timestamp()
+    return str(_clock[1])
+
+
+def fast_ack(header: Header, code: str = "AA", *, enhanced: bool = False) -> str:
+    """build_ack(header, code, enhanced=...) for an ACK without text, from a template per sender and type.
+
+    The listener answers thousands of messages a second from a handful of senders: everything but MSH-7,
+    MSH-10 and MSA-2 is the same for all of them, so it is built once (by build_ack itself) and reused.
+    """
+    key = (
+        header.encoding,
+        header.sending_application,
+        header.sending_facility,
+        header.receiving_application,
+        header.receiving_facility,
+        header.message_type,
+        header.processing_id,
+        header.version,
+        header.charset,
+        code,
+        enhanced,
+    )
+    parts = _TEMPLATES.get(key)
+    if parts is None:
+        if _MARK in "".join(str(k) for k in key[1:9]):
+            return build_ack(header, code, enhanced=enhanced)
+        text = build_ack(replace(header, control_id=_MARK), code, enhanced=enhanced)
+        f = header.encoding.field
+        msh, _, rest = text.partition("\r")
+        fields = msh.split(f)
+        before_msa, _, after_msa = rest.partition(_MARK)
+        parts = (
+            f.join(fields[:6]) + f,  # up to MSH-6, then MSH-7 (time)
+            f + f.join(fields[7:9]) + f,  # MSH-8, MSH-9, then MSH-10 (our control id)
+            f + f.join(fields[10:]) + "\r" + before_msa,  # MSH-11 on, then MSA-2 (their control id)
+            after_msa,
+            "",
+        )
+        if len(_TEMPLATES) >= _TEMPLATES_MAX:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = parts
+    cid = escape(header.control_id, header.encoding)
+    return parts[0] + _cached_timestamp() + parts[1] + new_control_id() + parts[2] + cid + parts[3]
+
+
+def build_batch_ack(
+    ack_texts: list[str],
+    *,
+    encoding: Encoding,
+    reference_batch_id: str = "",
+    file_envelope: bool = False,
+    receiver_application: str = "",
+    receiver_facility: str = "",
+    sending_application: str = "HEALTHSYNC",
+) -> str:
+    """An acknowledgement batch: BHS, one ACK per message of the original batch, BTS (in FHS…FTS if asked).
+
+    BHS-11 is our own batch control id and BHS-12 the sender's (its BHS-11), as HL7 v2.5 §2.10.3 lays out.
+    """
+    f = encoding.field
+    chars = f"{encoding.component}{encoding.repetition}{encoding.escape}{encoding.subcomponent}"
+
+    def envelope(name: str) -> str:
+        own_id = new_control_id()
+        fields = [
+            name,
+            chars,
+            escape(sending_application, encoding),
+            "",
+            escape(receiver_application, encoding),
+        ]
+        fields += [escape(receiver_facility, encoding), _timestamp(), "", "", "", own_id]
+        fields.append(escape(reference_batch_id, encoding))
+        return f.join(fields) + "\r"
+
+    body = envelope("BHS") + "".join(ack_texts) + f"BTS{f}{len(ack_texts)}\r"
+    if file_envelope:
+        body = envelope("FHS") + body + f"FTS{f}1\r"
+    return body
 
 
 def mllp_frame(payload: bytes) -> bytes:

@@ -1,9 +1,17 @@
 """Inbound HL7 v2 over MLLP: commit before ACK, with group commit across connections.
 
-The event loop reads frames, parses only the header and decides accept or reject; one writer thread (the
-ORM is synchronous) drains everything waiting and stores it in one transaction, then resolves each waiter.
-A connection's ACKs go back in the order its messages arrived, even when the sender pipelines. If the commit
-fails, every waiter of that batch gets AE 207 and nothing is acknowledged AA; the next batch reconnects.
+The event loop reads frames, reads only the MSH line (reader.read_header; the full reader settles anything
+unusual) and decides accept or reject; one writer thread drains everything waiting and stores it in one
+transaction (on PostgreSQL on its own psycopg connection: reserve ids, COPY, commit; no ORM), then resolves
+each waiter. ACKs for accepted messages come from a per-sender template. A connection's ACKs go back in the
+order its messages arrived, even when the sender pipelines. If the commit fails, every waiter of that batch
+gets AE 207 and nothing is acknowledged AA; the next batch reconnects.
+
+Also: TLS when the connector config names `tls_cert_file` and `tls_key_file` (and `tls_client_ca_file`
+for mutual TLS); HL7 batches (FHS/BHS … BTS/FTS) in one MLLP block, each message stored as its own row
+and answered together by one acknowledgement batch with one ACK per message (BHS-12 echoes the sender's
+BHS-11); enhanced mode (CA/CE/CR) when the connector sets `enhanced_ack` or the sender fills MSH-15/16;
+`--processes N` runs N listeners on one port (SO_REUSEPORT) to use every core.
 """
 
 from __future__ import annotations
@@ -11,18 +19,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import signal
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, close_old_connections, connection
 
 from connectors.hl7v2 import ack as acks
-from connectors.hl7v2.reader import _CHARSETS, Header, HL7ParseError, parse
+from connectors.hl7v2.reader import (
+    _CHARSETS,
+    Header,
+    HL7ParseError,
+    is_batch,
+    parse,
+    read_header,
+    split_batch,
+)
 from healthsync import ingest
 from healthsync.choices import Direction, MessageStatus, Protocol, SystemKind
 
@@ -72,12 +91,23 @@ def type_accepted(message_type: str, accepted: frozenset[str]) -> str:
 
 
 def decide(raw: bytes, accepted: frozenset[str]) -> Decision:
-    """Parse just enough of `raw` to accept it or to say why not."""
+    """Parse just enough of `raw` to accept it or to say why not.
+
+    The MSH line alone (read_header) settles almost every message; anything unusual goes through the full
+    reader, so the verdict is the same either way.
+    """
+    quick = read_header(raw)
+    if quick is not None:
+        return decide_header(quick[0], accepted)
     try:
-        message = parse(raw)
-        header = message.header
+        header = parse(raw).header
     except HL7ParseError as exc:
         return Decision(MessageStatus.REJECTED, None, "AR", exc.code, exc.message)
+    return decide_header(header, accepted)
+
+
+def decide_header(header: Header, accepted: frozenset[str]) -> Decision:
+    """Accept or refuse a message by its header: type present, control id present, type accepted here."""
     codec = _CHARSETS.get(header.charset.strip().upper(), "utf-8")
     base = {
         "header": header,
@@ -122,6 +152,7 @@ class _Writer(threading.Thread):
         self.listener = listener
         self.queue: queue.Queue[_Pending | None] = queue.Queue()
         self._last_refresh = time.monotonic()
+        self._raw: Any = None
 
     def run(self) -> None:
         try:
@@ -149,25 +180,53 @@ class _Writer(threading.Thread):
                 if stop:
                     return
         finally:
+            self._drop_raw()
             connection.close()
+
+    def _raw_connection(self) -> object | None:
+        """On PostgreSQL, the writer's own autocommit psycopg connection (no ORM on the hot path)."""
+        if connection.vendor != "postgresql" or not self.listener.raw_sql:
+            return None
+        if self._raw is None or self._raw.closed:
+            import psycopg
+
+            params = connection.get_connection_params()
+            for name in ("cursor_factory", "context"):
+                params.pop(name, None)
+            params.pop("prepare_threshold", None)
+            self._raw = psycopg.connect(**params, autocommit=True)
+        return self._raw
+
+    def _drop_raw(self) -> None:
+        if self._raw is not None:
+            with contextlib.suppress(Exception):
+                self._raw.close()
+            self._raw = None
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
+            raw = self._raw_connection()
+            items = [p.item for p in batch]
             # Calls through the module so a test can make this one seam fail.
-            outcomes = ingest.store_messages([p.item for p in batch])
+            if raw is None:
+                outcomes = ingest.store_messages(items)
+            else:
+                outcomes = ingest.store_messages(items, raw_connection=raw)
         except Exception as exc:
-            database = isinstance(exc, DatabaseError)
+            # Django's wrapped errors, or psycopg's own from the writer's raw connection.
+            database = isinstance(exc, DatabaseError) or type(exc).__module__.startswith("psycopg")
             # The class and SQLSTATE say what went wrong; the error text may quote stored values, so it stays out.
             logger.error(
                 "mllp: could not store a batch of %d messages (%s %s); answering AE",
                 len(batch),
                 type(exc).__name__,
-                getattr(exc.__cause__, "sqlstate", "") or "",
+                getattr(exc, "sqlstate", "") or getattr(exc.__cause__, "sqlstate", "") or "",
                 exc_info=not database,
             )
-            # Drop the broken connection so the next batch reconnects once the database is back.
+            # Drop the broken connections so the next batch reconnects once the database is back.
             with contextlib.suppress(Exception):
                 connection.close()
+            self._drop_raw()
             _resolve(batch, False)
             return
         duplicates = sum(1 for o in outcomes if o.is_duplicate)
@@ -198,6 +257,29 @@ def _resolve(batch: list[_Pending], stored: bool) -> None:
 
     with contextlib.suppress(RuntimeError):  # the loop is already closed at shutdown
         batch[0].loop.call_soon_threadsafe(settle)
+
+
+def tls_context(config: dict[str, Any]) -> ssl.SSLContext | None:
+    """A server TLS context from the connector's `tls_cert_file` and `tls_key_file` (PEM), or None.
+
+    With `tls_client_ca_file` as well, senders must present a certificate signed by that CA (mutual TLS).
+    """
+    cert, key = config.get("tls_cert_file"), config.get("tls_key_file")
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ValueError("TLS needs both tls_cert_file and tls_key_file in the connector config")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+        client_ca = config.get("tls_client_ca_file")
+        if client_ca:
+            context.load_verify_locations(cafile=str(client_ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"Cannot load the listener's TLS certificate or key: {exc}") from exc
+    return context
 
 
 def load_accepted_types(connector: Connector) -> frozenset[str]:
@@ -259,6 +341,10 @@ class MLLPListener:
         self.connector_id: int = connector.pk
         self.lane: str = connector.lane
         self.enhanced = bool((connector.config or {}).get("enhanced_ack", False))
+        # Tests set this False to exercise the ORM path on PostgreSQL too.
+        self.raw_sql = True
+        self.ssl: ssl.SSLContext | None = None
+        self.reuse_port = False
         self.host = host
         self.port = port
         self.accepted: frozenset[str] = frozenset()
@@ -275,7 +361,8 @@ class MLLPListener:
     # Running ----------------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Synchronous set-up (database reads) before the loop starts."""
+        """Synchronous set-up (database reads, TLS files) before the loop starts."""
+        self.ssl = tls_context(self.connector.config or {})
         self.accepted = load_accepted_types(self.connector)
         if not self.accepted:
             logger.warning(
@@ -288,7 +375,14 @@ class MLLPListener:
         self._stopping = asyncio.Event()
         self._writer = _Writer(self)
         self._writer.start()
-        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=1 << 20)
+        self._server = await asyncio.start_server(
+            self._handle,
+            self.host,
+            self.port,
+            limit=1 << 20,
+            ssl=self.ssl,
+            reuse_port=self.reuse_port or None,
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -376,25 +470,55 @@ class MLLPListener:
             self._connections.discard(task)
             logger.debug("mllp: connection from %s closed", peer)
 
-    async def _accept_frame(
-        self,
-        frame: acks.Frame,
-        replies: asyncio.Queue[tuple[asyncio.Future[bool] | None, Callable[[bool], bytes]] | None],
-    ) -> None:
-        self.received += 1
-        if frame.junk:
-            decision = Decision(MessageStatus.REJECTED, None, "AR", acks.ERR_SEGMENT_SEQUENCE, frame.reason)
-        else:
-            decision = decide(frame.payload, self.accepted)
+    async def _accept_batch(self, raw: bytes, replies: asyncio.Queue[Any]) -> bool:
+        """An HL7 batch over MLLP: each message is stored as its own row (all in the same group commit) and
+        the answer is one acknowledgement batch holding one ACK per message, in order. False when the bytes
+        are not a usable batch (the caller then rejects them whole)."""
+        try:
+            batch = split_batch(raw)
+        except HL7ParseError:
+            return False
+        if not batch.messages:
+            return False
+        loop = asyncio.get_running_loop()
+        decisions: list[Decision] = []
+        futures: list[asyncio.Future[bool]] = []
+        assert self._writer is not None
+        for message in batch.messages:
+            self.received += 1
+            decision = decide(message, self.accepted)
+            future: asyncio.Future[bool] = loop.create_future()
+            self._writer.queue.put(_Pending(self._item(message, decision), future, loop))
+            decisions.append(decision)
+            futures.append(future)
+        header = next((d.header for d in decisions if d.header is not None), None)
+        codec = decisions[0].codec
+
+        def render(stored: list[bool]) -> bytes:
+            text = acks.build_batch_ack(
+                [self._ack_text(d, ok) for d, ok in zip(decisions, stored, strict=True)],
+                encoding=batch.encoding,
+                reference_batch_id=batch.batch_control_id,
+                file_envelope=batch.has_file_header,
+                receiver_application=header.sending_application if header else "",
+                receiver_facility=header.sending_facility if header else "",
+            )
+            return acks.mllp_frame(text.encode(codec, errors="replace"))
+
+        logger.info("mllp: batch of %d messages", len(batch.messages))
+        await replies.put((asyncio.gather(*futures), render))
+        return True
+
+    def _item(self, payload: bytes, decision: Decision) -> ingest.InboundItem:
         if decision.item_status == MessageStatus.REJECTED:
             logger.info(
                 "mllp: rejecting message control_id=%s error=%s",
                 decision.control_id or "-",
                 decision.error_code,
             )
-        item = ingest.InboundItem(
+        return ingest.InboundItem(
             connector_id=self.connector_id,
-            raw=frame.payload,
+            raw=payload,
             sender=decision.sender,
             control_id=decision.control_id,
             message_type=decision.message_type,
@@ -402,6 +526,20 @@ class MLLPListener:
             status=decision.item_status,
             error=f"{decision.error_code} {decision.text}".strip() if decision.error_code else "",
         )
+
+    async def _accept_frame(
+        self,
+        frame: acks.Frame,
+        replies: asyncio.Queue[tuple[asyncio.Future[bool] | None, Callable[[bool], bytes]] | None],
+    ) -> None:
+        if not frame.junk and is_batch(frame.payload) and await self._accept_batch(frame.payload, replies):
+            return
+        self.received += 1
+        if frame.junk:
+            decision = Decision(MessageStatus.REJECTED, None, "AR", acks.ERR_SEGMENT_SEQUENCE, frame.reason)
+        else:
+            decision = decide(frame.payload, self.accepted)
+        item = self._item(frame.payload, decision)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         assert self._writer is not None
@@ -409,13 +547,22 @@ class MLLPListener:
         await replies.put((future, lambda stored: self._ack_bytes(decision, stored)))
 
     def _ack_bytes(self, decision: Decision, stored: bool) -> bytes:
+        return acks.mllp_frame(self._ack_text(decision, stored).encode(decision.codec, errors="replace"))
+
+    def _ack_text(self, decision: Decision, stored: bool) -> str:
+        header = decision.header
+        # Enhanced mode (commit codes CA/CE/CR) only when the connector is configured for it: most senders fill
+        # MSH-15/16 out of habit yet expect original-mode AA, as Mirth and most engines answer by default.
+        enhanced = self.enhanced
+        if stored and header is not None and decision.ack_code == "AA" and not decision.text:
+            return acks.fast_ack(header, "AA", enhanced=enhanced)
         if stored:
             text = acks.build_ack(
                 decision.header,
                 decision.ack_code,
                 text=decision.text,
                 error_code=decision.error_code,
-                enhanced=self.enhanced,
+                enhanced=enhanced,
             )
         else:
             text = acks.build_ack(
@@ -423,9 +570,9 @@ class MLLPListener:
                 "AE",
                 text=STORE_FAILED_TEXT,
                 error_code=acks.ERR_INTERNAL,
-                enhanced=self.enhanced,
+                enhanced=enhanced,
             )
-        return acks.mllp_frame(text.encode(decision.codec, errors="replace"))
+        return text
 
     async def _answer(
         self,
@@ -449,10 +596,49 @@ class MLLPListener:
                 broken = True
 
 
-def run(*, host: str, port: int, connector_code: str | None = None) -> None:
-    """Run a listener in the foreground until SIGINT/SIGTERM."""
+def run(*, host: str, port: int, connector_code: str | None = None, processes: int = 1) -> None:
+    """Run a listener in the foreground until SIGINT/SIGTERM; `processes` > 1 shares the port (SO_REUSEPORT)."""
     connector = resolve_connector(code=connector_code, port=port)
+    if processes <= 1:
+        _run_one(connector, host=host, port=port, reuse_port=False)
+        return
+    if port == 0 or not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError("--processes needs a fixed --port and an OS with SO_REUSEPORT")
+    # Fork before any thread or database connection exists: each child is a whole listener of its own,
+    # and the kernel spreads new connections across them.
+    connection.close()
+    children: list[int] = []
+    for _ in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _run_one(connector, host=host, port=port, reuse_port=True)
+            except BaseException:
+                logger.exception("mllp: listener process failed")
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or code
+    if status:
+        raise RuntimeError("an MLLP listener process exited with an error")
+
+
+def _run_one(connector: Connector, *, host: str, port: int, reuse_port: bool) -> None:
     listener = MLLPListener(connector, host=host, port=port)
+    listener.reuse_port = reuse_port
     listener.prepare()
     connection.close()  # the writer thread opens its own
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:

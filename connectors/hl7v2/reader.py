@@ -293,6 +293,170 @@ def parse(raw: bytes | str) -> HL7Message:
     return HL7Message(text)
 
 
+_ENCODINGS: dict[str, Encoding] = {}
+_SEGMENT_NAME = re.compile(rb"[A-Z][A-Z0-9]{2}")
+_GOOD_NAMES: set[bytes] = set()
+_LINE_BREAKS = re.compile(rb"\r\n|\r|\n")
+
+
+def _segments_look_right(raw: bytes, sep: int) -> bool:
+    """Every non-blank line starts with a segment name and then the field separator (or ends there)."""
+    lines = _LINE_BREAKS.split(raw) if b"\n" in raw else raw.split(b"\r")
+    for line in lines[1:]:
+        if len(line) > 3 and line[3] != sep:
+            return False
+        name = line[:3]
+        if name in _GOOD_NAMES:
+            continue
+        if not line.strip():
+            continue
+        if _SEGMENT_NAME.fullmatch(name) is None:
+            return False
+        if len(_GOOD_NAMES) < 1000:
+            _GOOD_NAMES.add(name)
+    return True
+
+
+def read_header(raw: bytes) -> tuple[Header, str] | None:
+    """The header and codec of `raw` from its first line only, or None when it needs the full parse.
+
+    The listener calls this for every message: it splits the MSH line and checks the rest with one regex
+    (segment names, NUL bytes, character set) instead of splitting every segment. It answers None for
+    anything unusual (escapes in MSH, odd lines, undecodable bytes), and `parse` then gives the exact
+    verdict, so both always agree.
+    """
+    if (
+        not raw.startswith(b"MSH")
+        or len(raw) < 8
+        or b"\x00" in raw
+        or raw.rstrip(b"\r\n")[-1:] in (b"\x0b", b"\x1c", b" ")
+    ):
+        return None  # (parse strips those from the ends, which may reach into the header)
+    cut = raw.find(b"\r")
+    lf = raw.find(b"\n", 0, cut if cut != -1 else len(raw))
+    if lf != -1:
+        cut = lf
+    line = raw[:cut] if cut != -1 else raw
+    if len(line) < 8:
+        return None
+    sep = line[3]
+    if not _segments_look_right(raw, sep):
+        return None
+    try:
+        first = line.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    fields = first.split(first[3])
+    enc_chars = fields[1] if len(fields) > 1 else ""
+    enc = _ENCODINGS.get(first[3] + enc_chars)
+    if enc is None:
+        if first[3].isalnum() or len(enc_chars) < 3 or len(set(enc_chars + first[3])) != len(enc_chars) + 1:
+            return None
+        enc = Encoding(
+            field=first[3],
+            component=enc_chars[0],
+            repetition=enc_chars[1],
+            escape=enc_chars[2],
+            subcomponent=enc_chars[3] if len(enc_chars) > 3 else "&",
+        )
+        _ENCODINGS[first[3] + enc_chars] = enc
+    rest = first[4 + len(enc_chars) :]
+    if enc.escape in rest or enc.repetition in rest:
+        return None  # escapes or repetitions in the header: let the full reader settle them
+    charset = fields[17] if len(fields) > 17 else ""
+    codec = _CHARSETS.get(charset.split(enc.component, 1)[0].strip().upper(), "utf-8")
+    try:
+        raw.decode(codec)
+    except UnicodeDecodeError:
+        return None
+    fields += [""] * (19 - len(fields))
+    comp = enc.component
+
+    def first_component(value: str) -> str:
+        return value.split(comp, 1)[0]
+
+    type_parts = fields[8].split(comp)
+    header = Header(
+        sending_application=first_component(fields[2]),
+        sending_facility=first_component(fields[3]),
+        receiving_application=first_component(fields[4]),
+        receiving_facility=first_component(fields[5]),
+        timestamp=first_component(fields[6]),
+        message_type=_message_type(type_parts[0], type_parts[1] if len(type_parts) > 1 else ""),
+        control_id=fields[9],
+        processing_id=first_component(fields[10]),
+        version=first_component(fields[11]),
+        charset=fields[17],
+        accept_ack_type=fields[14],
+        application_ack_type=fields[15],
+        encoding=enc,
+    )
+    return header, codec
+
+
+BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """An HL7 batch (FHS/BHS … BTS/FTS) cut into its messages; each message keeps its own bytes."""
+
+    messages: list[bytes]
+    has_file_header: bool
+    batch_control_id: str  # BHS-11 (or FHS-11), echoed in the acknowledgement batch
+    declared_count: int | None  # BTS-1, when given
+    encoding: Encoding
+
+
+def is_batch(raw: bytes) -> bool:
+    return raw[:3] in (b"FHS", b"BHS")
+
+
+def split_batch(raw: bytes) -> Batch:
+    """Split a batch into messages at each MSH; the envelope segments are read, not stored.
+
+    Segment endings (CR, LF, CRLF) are kept as the sender wrote them inside each message.
+    """
+    if not is_batch(raw) or len(raw) < 8:
+        raise HL7ParseError("A batch starts with FHS or BHS", code="100")
+    sep = chr(raw[3])
+    enc_chars = raw[4:].split(sep.encode(), 1)[0].decode("latin-1")
+    if sep.isalnum() or len(enc_chars) < 3:
+        raise HL7ParseError("FHS-2/BHS-2 encoding characters are invalid", code="102")
+    enc = Encoding(
+        field=sep,
+        component=enc_chars[0],
+        repetition=enc_chars[1],
+        escape=enc_chars[2],
+        subcomponent=enc_chars[3] if len(enc_chars) > 3 else "&",
+    )
+    messages: list[bytes] = []
+    current: list[bytes] = []
+    control_id = ""
+    declared: int | None = None
+    for piece in re.split(rb"(?<=\r\n)|(?<=\r)(?!\n)|(?<=\n)", raw):
+        name = piece[:3]
+        if name in BATCH_SEGMENTS:
+            if current:
+                messages.append(b"".join(current))
+                current = []
+            fields = piece.rstrip(b"\r\n").decode("latin-1").split(sep)
+            if name in (b"FHS", b"BHS") and len(fields) > 10 and (name == b"BHS" or not control_id):
+                control_id = enc.unescape(fields[10])
+            if name == b"BTS" and len(fields) > 1 and fields[1].strip().isdigit():
+                declared = int(fields[1])
+            continue
+        if name == b"MSH" and current:
+            messages.append(b"".join(current))
+            current = []
+        if piece.strip() or current:
+            current.append(piece)
+    if current:
+        messages.append(b"".join(current))
+    messages = [m for m in messages if m.strip()]
+    return Batch(messages, raw.startswith(b"FHS"), control_id, declared, enc)
+
+
 def escape(value: str, enc: Encoding | None = None) -> str:
     """Escape delimiter characters in a value written into a message."""
     enc = enc or Encoding()

@@ -6,12 +6,13 @@ Outbound config::
       "base_url": "https://rcm.example.org/api",
       "operations": {"submit_claim": {"method": "POST", "path": "/claims", "result_field": "claim_id"}},
       "idempotency_header": "Idempotency-Key",                      # optional, this is the default
-      "auth": {"type": "api_key", "header": "X-Api-Key", "value": "…"} # or {"type": "basic", "username", "password"}
-      "headers": {"X-Tenant": "north"}                               # optional extra headers
+      "auth": {"type": "api_key", "header": "X-Api-Key"}              # or basic / oauth2: see auth.py
+      "headers": {"X-Tenant": "north"},                              # optional extra headers
+      "health_path": "/health"                                       # optional, for "test connection"
     }
 
 The delivery's payload is the JSON body and its idempotency key goes in the idempotency header. Answers:
-2xx → success (external id = response[result_field]); 409 naming the existing result → success, because that
+2xx → success (external id = response[result_field], dots for nested fields); 409 naming the existing result → success, because that
 is the destination's own duplicate check saying the effect already exists; other 4xx except 408/429 →
 permanent error with the problem text; 408, 429, 5xx, connection errors and timeouts → transient.
 """
@@ -24,6 +25,8 @@ from urllib.parse import urlparse
 
 import httpx
 
+from connectors.rest.auth import request as auth_request
+from connectors.rest.auth import validate_auth
 from healthsync.choices import Direction, Protocol
 from healthsync.errors import ConnectorError
 from healthsync.registry import SendResult
@@ -61,14 +64,10 @@ class RestAdapter:
                         errors.append(f"operation {name}: path must start with /")
                     if not isinstance(spec.get("result_field"), str) or not spec["result_field"]:
                         errors.append(f"operation {name}: result_field must name the id field of the reply")
-        auth = config.get("auth")
-        if auth is not None:
-            if not isinstance(auth, dict) or auth.get("type") not in ("api_key", "basic"):
-                errors.append("auth.type must be api_key or basic")
-            elif auth["type"] == "api_key" and not (auth.get("header") and auth.get("value")):
-                errors.append("api_key auth needs header and value")
-            elif auth["type"] == "basic" and not (auth.get("username") and auth.get("password")):
-                errors.append("basic auth needs username and password")
+        errors += validate_auth(config.get("auth"))
+        health_path = config.get("health_path")
+        if health_path is not None and (not isinstance(health_path, str) or not health_path.startswith("/")):
+            errors.append("health_path must start with /")
         header = config.get("idempotency_header", "Idempotency-Key")
         if not isinstance(header, str) or not header:
             errors.append("idempotency_header must be a header name")
@@ -90,37 +89,50 @@ class RestAdapter:
             str(config.get("idempotency_header") or "Idempotency-Key"): delivery.idempotency_key,
             **{str(k): str(v) for k, v in (config.get("headers") or {}).items()},
         }
-        auth: httpx.Auth | None = None
-        auth_config = config.get("auth") or {}
-        if auth_config.get("type") == "api_key":
-            headers[str(auth_config["header"])] = str(auth_config["value"])
-        elif auth_config.get("type") == "basic":
-            auth = httpx.BasicAuth(str(auth_config["username"]), str(auth_config["password"]))
-        try:
-            response = httpx.request(
-                str(operation.get("method", "POST")).upper(),
-                url,
-                json=delivery.payload,
-                headers=headers,
-                auth=auth,
-                timeout=connector.timeout_seconds,
-            )
-        except httpx.TimeoutException:
-            raise ConnectorError(
-                f"{connector.code} did not answer within {connector.timeout_seconds:g}s"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise ConnectorError(f"{connector.code} is unreachable: {type(exc).__name__}") from None
+        response = auth_request(
+            connector,
+            str(operation.get("method", "POST")).upper(),
+            url,
+            json=delivery.payload,
+            headers=headers,
+        )
         body = _json(response)
         result_field = str(operation.get("result_field", ""))
         if response.is_success:
-            return SendResult(response=body, external_id=str(body.get(result_field, "") or ""))
-        if response.status_code == 409 and body.get(result_field):
-            return SendResult(response=body, external_id=str(body[result_field]))
+            return SendResult(response=body, external_id=_field(body, result_field))
+        if response.status_code == 409 and _field(body, result_field):
+            return SendResult(response=body, external_id=_field(body, result_field))
         problem = _problem_text(body, response)
         if 400 <= response.status_code < 500 and response.status_code not in TRANSIENT_4XX:
             raise ConnectorError(problem, permanent=True, response=body)
         raise ConnectorError(problem, permanent=False, response=body)
+
+    def test_connection(self, connector: Connector) -> tuple[bool, str]:
+        """One authenticated GET to config.health_path (or the base URL): any answer below 500 except
+        401/403 means the system is there and takes our credentials."""
+        return probe(connector, str((connector.config or {}).get("health_path") or ""))
+
+
+def probe(connector: Connector, path: str) -> tuple[bool, str]:
+    """GET base_url + path with the connector's auth; (ok, what happened) for the console."""
+    url = str((connector.config or {}).get("base_url", "")).rstrip("/") + path
+    try:
+        response = auth_request(connector, "GET", url, headers={"Accept": "application/json"})
+    except ConnectorError as exc:
+        return False, exc.message
+    if response.status_code in (401, 403):
+        return False, f"HTTP {response.status_code} from {url}: the credentials were refused"
+    if response.status_code >= 500:
+        return False, f"HTTP {response.status_code} from {url}"
+    return True, f"HTTP {response.status_code} from {url}"
+
+
+def _field(body: dict[str, Any], path: str) -> str:
+    """The reply's id field; dots reach into nested objects (``data.claim.id``)."""
+    value: Any = body
+    for part in path.split(".") if path else []:
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None or isinstance(value, dict | list) else str(value)
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

@@ -6,6 +6,10 @@
         409 {"detail": "duplicate external reference", "document_number": existing} for a reused
             external_reference, as ERPs reject a duplicate reference instead of posting twice
     GET  {sim.url}/journal-entries → 200 {"journal_entries": [...]}
+    POST {sim.url}/ap-invoices → 201 {"document_number": "APINV-2026-000001"}; 409 with the existing document
+        number for a reused external_reference; 409 problem (no document number) for the same supplier invoice
+        number under another reference, as Oracle and Workday reject duplicate supplier invoices
+    POST {sim.url}/purchase-orders → 201 {"document_number": "PO-2026-000001"}; 409 on a reused reference
     sim.stop()
 
 `sim.entries` holds the posted entries by document number; `sim.requests` counts requests per path.
@@ -31,12 +35,19 @@ class ErpSimulator(JsonSimulator):
         self.entries: dict[str, dict[str, Any]] = {}
         self._by_reference: dict[str, str] = {}
         self._sequence = 0
+        self.invoices: dict[str, dict[str, Any]] = {}
+        self.purchase_orders: dict[str, dict[str, Any]] = {}
+        self._documents_by_reference: dict[str, str] = {}
+        self._invoice_numbers: dict[tuple[str, str], str] = {}
+        self._doc_sequence = 0
 
     @property
     def entry_count(self) -> int:
         return len(self.entries)
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> Reply:
+        if path.rstrip("/") in ("/ap-invoices", "/purchase-orders"):
+            return self._document(method, path.rstrip("/"), body)
         if path.rstrip("/") != "/journal-entries":
             return super().handle(method, path, headers, body)
         if method == "GET":
@@ -59,6 +70,56 @@ class ErpSimulator(JsonSimulator):
             self.entries[number] = {"document_number": number, "entry": body}
             self._by_reference[reference] = number
         return HTTPStatus.CREATED, {"document_number": number}
+
+    def _document(self, method: str, path: str, body: Any) -> Reply:
+        store = self.invoices if path == "/ap-invoices" else self.purchase_orders
+        key = "invoices" if path == "/ap-invoices" else "purchase_orders"
+        if method == "GET":
+            with self.lock:
+                return HTTPStatus.OK, {key: list(store.values())}
+        errors = validate_document(path, body)
+        if errors:
+            return HTTPStatus.BAD_REQUEST, problem("Invalid document", "; ".join(errors), 400, errors=errors)
+        reference = str(body["external_reference"])
+        with self.lock:
+            if reference in self._documents_by_reference:
+                return HTTPStatus.CONFLICT, {
+                    "detail": "duplicate external reference",
+                    "document_number": self._documents_by_reference[reference],
+                }
+            if path == "/ap-invoices":
+                number_key = (str(body["supplier"]), str(body["invoice_number"]))
+                if number_key in self._invoice_numbers:
+                    return HTTPStatus.CONFLICT, problem(
+                        "Duplicate supplier invoice",
+                        f"Invoice {number_key[1]} of supplier {number_key[0]} is already posted "
+                        f"as {self._invoice_numbers[number_key]}.",
+                        409,
+                    )
+            self._doc_sequence += 1
+            prefix = "APINV" if path == "/ap-invoices" else "PO"
+            number = f"{prefix}-{date.today().year}-{self._doc_sequence:06d}"
+            store[number] = {"document_number": number, "document": body}
+            self._documents_by_reference[reference] = number
+            if path == "/ap-invoices":
+                self._invoice_numbers[(str(body["supplier"]), str(body["invoice_number"]))] = number
+        return HTTPStatus.CREATED, {"document_number": number}
+
+
+def validate_document(path: str, body: Any) -> list[str]:
+    """What is missing from an AP invoice or a purchase order."""
+    if not isinstance(body, dict):
+        return ["the document must be a JSON object"]
+    required = ("external_reference", "supplier", "invoice_number", "amount")
+    if path == "/purchase-orders":
+        required = ("external_reference", "supplier", "po_number", "lines")
+    errors = [f"{name} is required" for name in required if body.get(name) in (None, "", [])]
+    if "amount" in required and not errors:
+        try:
+            Decimal(str(body["amount"]))
+        except InvalidOperation:
+            errors.append("amount must be a decimal amount")
+    return errors
 
 
 def validate_journal(body: Any) -> list[str]:

@@ -8,6 +8,10 @@ Stable API (the demo uses it):
     dft_p03(**fields) -> str      charges; charges=[{"charge_id", "code", "description", "quantity", "amount",
                                   "service_date", "posting_date", "cpt", "department", "type"}, …]
 
+    adt_a13(**fields) -> str      cancel discharge (the account goes back to admitted)
+    bar_p05(**fields) -> str      account update carrying final coding: DG1, DRG, PR1 (coding.completed)
+    mdm_t02(**fields) -> str      signed document (documentation.completed): TXA type, id, signer, time
+
 Every builder accepts any key of DEFAULTS (encounter_id, mrn, family_name, admit_time, payer_id, …) and
 `control_id` (MSH-10); without one each call gets a fresh unique control id. Segments end with CR; values are
 escaped. The result is text; encode it as UTF-8 (MSH-18 says so) before sending it over MLLP.
@@ -54,6 +58,15 @@ DEFAULTS: dict[str, Any] = {
     "payer_name": "Aetna",
     "group_number": "GRP100",
     "policy_number": "POL123456",
+    # Coding (BAR^P05) and documentation (MDM^T02).
+    "procedures": [("0DTJ4ZZ", "Resection of appendix", "20260102093000")],
+    "drg": "343",
+    "coded_at": "20260104100000",
+    "document_type": "DS",
+    "document_id": "DOC1001",
+    "signed_by": "1234567890",
+    "signed_at": "20260103180000",
+    "cancel_time": "20260103130000",
 }
 
 DEFAULT_CHARGES: list[dict[str, Any]] = [
@@ -103,6 +116,7 @@ def _values(fields: dict[str, Any]) -> dict[str, Any]:
             "include_attending",
             "include_financial_class",
             "include_discharge_time",
+            "include_drg",
         }
     )
     if unknown:
@@ -257,4 +271,55 @@ def dft_p03(**fields: Any) -> str:
         ft1[13] = _e(charge.get("department", ""))
         ft1[25] = _e(charge.get("cpt", ""))
         segments.append("FT1|" + "|".join(ft1[1:]))
+    return "\r".join(segments) + "\r"
+
+
+def adt_a13(**fields: Any) -> str:
+    """A cancel discharge: the visit is back to in-house, PV1-45 empty."""
+    v = _values(fields)
+    segments = [
+        _msh(v, "ADT^A13", "ADT_A01"),
+        _evn(v, "A13", v["cancel_time"]),
+        _pid(v),
+        _pv1(v, attending=True, financial_class=True, discharge=False),
+    ]
+    return "\r".join(segments) + "\r"
+
+
+def bar_p05(**fields: Any) -> str:
+    """An account update with the final coding: DG1 (type F), DRG and PR1 segments."""
+    v = _values(fields)
+    segments = [
+        _msh(v, "BAR^P05", "BAR_P05"),
+        _evn(v, "P05", v["coded_at"]),
+        _pid(v),
+        _pv1(v, attending=True, financial_class=True, discharge=False),
+    ]
+    if fields.get("include_diagnosis", True):
+        segments += _dg1(v)
+    if fields.get("include_drg", True):
+        segments.append(f"DRG|{_e(v['drg'])}^^MS-DRG|{_e(v['coded_at'])}")
+    for index, procedure in enumerate(v["procedures"], start=1):
+        code, description, when = (*tuple(procedure), "", "", "")[:3]
+        segments.append(f"PR1|{index}||{_e(code)}^{_e(description)}^I10P||{_e(when)}")
+    return "\r".join(segments) + "\r"
+
+
+def mdm_t02(**fields: Any) -> str:
+    """A signed clinical document: TXA-2 type, TXA-4 time, TXA-12 id, TXA-17 status AU, TXA-22 signer."""
+    v = _values(fields)
+    txa = [""] * 23
+    txa[1] = "1"
+    txa[2] = _e(v["document_type"])
+    txa[12] = _e(v["document_id"])
+    txa[17] = "AU"
+    txa[4] = _e(v["signed_at"])
+    txa[22] = _e(v["signed_by"])
+    segments = [
+        _msh(v, "MDM^T02", "MDM_T02"),
+        _evn(v, "T02", v["signed_at"]),
+        _pid(v),
+        _pv1(v, attending=True, financial_class=True, discharge=False),
+        "TXA|" + "|".join(txa[1:]),
+    ]
     return "\r".join(segments) + "\r"

@@ -9,15 +9,33 @@
 
 `sim.claims` holds the accepted claims by id, `sim.requests` counts requests per "METHOD /path", and
 `sim.forced_status = 503` makes every POST fail (for drills). `sim.serve_forever()` blocks (for a command).
+
+X12 (bodies are X12 text, not JSON):
+
+    POST {sim.url}/x12/837          → 200, body = the 999 pyx12 writes (IK5 A or R with IK3/IK4 errors),
+                                      header X-Batch-Id; the same Idempotency-Key (or ISA13) again → same batch
+                                      400 text when the body is not X12 at all
+    GET  {sim.url}/x12/277ca/<batch> → 200 the 277CA of an accepted batch (A2:20 per claim; A7:21 for payers
+                                      in `sim.rejected_payers`), 404 otherwise
+    GET  {sim.url}/x12/835          → 200 one 835 for every accepted claim not yet remitted (then remitted),
+                                      204 when there is none; GET /x12/835/<n> fetches remittance n again
+
+Denials are deterministic: claims of payers in `sim.denied_payers` and one claim in ten by a hash of its
+patient control number are denied (zero pay, CAS CO-50); the rest are paid 80% (CO-45 15%, PR-2 5%).
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from decimal import Decimal, InvalidOperation
 from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from connectors.simulators.http_base import JsonSimulator, Reply, problem
+
+X12_PREFIX = "/x12/"
 
 REQUIRED_FIELDS = ("patient_control_number", "payer.id", "diagnoses", "total_charges")
 
@@ -32,6 +50,14 @@ class RcmSimulator(JsonSimulator):
         self.claims: dict[str, dict[str, Any]] = {}
         self._by_key: dict[str, str] = {}
         self._sequence = 0
+        # X12 side: batches by id, their claims, remittances served, and the payers to reject or deny.
+        self.batches: dict[str, dict[str, Any]] = {}
+        self._batch_by_key: dict[str, str] = {}
+        self.remittances: list[str] = []
+        self.rejected_payers: set[str] = set()
+        self.denied_payers: set[str] = {"DENY01"}
+        self.deny_one_in = 10
+        self._control = itertools.count(1)
 
     @property
     def claim_count(self) -> int:
@@ -62,6 +88,162 @@ class RcmSimulator(JsonSimulator):
             if key:
                 self._by_key[key] = claim_id
         return HTTPStatus.CREATED, {"claim_id": claim_id, "status": "accepted"}
+
+    # X12 ---------------------------------------------------------------------------------------------------
+
+    def handle_x12(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, str, dict]:
+        """(status, X12 or plain text, extra headers) for the /x12/ routes."""
+        parts = [p for p in path[len(X12_PREFIX) :].split("/") if p]
+        if method == "POST" and parts == ["837"]:
+            return self._receive_837(headers, body)
+        if method == "GET" and len(parts) == 2 and parts[0] == "277ca":
+            with self.lock:
+                batch = self.batches.get(parts[1])
+            if batch is None or not batch["accepted"]:
+                return HTTPStatus.NOT_FOUND, f"No accepted batch {parts[1]}", {}
+            return HTTPStatus.OK, batch["277ca"], {}
+        if method == "GET" and parts == ["835"]:
+            return self._remit()
+        if method == "GET" and len(parts) == 2 and parts[0] == "835" and parts[1].isdigit():
+            index = int(parts[1]) - 1
+            with self.lock:
+                found = self.remittances[index] if 0 <= index < len(self.remittances) else None
+            if found is None:
+                return HTTPStatus.NOT_FOUND, f"No remittance {parts[1]}", {}
+            return HTTPStatus.OK, found, {}
+        return HTTPStatus.NOT_FOUND, f"No X12 resource at {path}", {}
+
+    def _receive_837(self, headers: dict[str, str], body: bytes) -> tuple[int, str, dict]:
+        from connectors.x12.payer import build_277ca
+        from connectors.x12.reader import X12ParseError, parse
+        from connectors.x12.validate import validate_x12
+
+        text = body.decode("latin-1")
+        try:
+            doc = parse(text)
+        except X12ParseError as exc:
+            return HTTPStatus.BAD_REQUEST, f"Not an X12 interchange: {exc.message}", {}
+        key = headers.get("idempotency-key") or f"{doc.header.sender}:{doc.header.control_id}"
+        with self.lock:
+            known = self._batch_by_key.get(key)
+            if known:
+                return HTTPStatus.OK, self.batches[known]["999"], {"X-Batch-Id": known}
+        checked = validate_x12(text)
+        claims = _claims_of(doc)
+        with self.lock:
+            batch_id = f"B{len(self.batches) + 1:06d}"
+            batch: dict[str, Any] = {"999": checked.ack_999, "accepted": checked.ok, "claims": claims}
+            if checked.ok:
+                for claim in claims:
+                    claim["accepted"] = claim["payer_id"] not in self.rejected_payers
+                    claim["icn"] = f"ICN{batch_id[1:]}{claims.index(claim) + 1:03d}"
+                    claim["remitted"] = False
+                batch["277ca"] = build_277ca(claims, control_number=next(self._control), batch_ref=batch_id)
+            self.batches[batch_id] = batch
+            self._batch_by_key[key] = batch_id
+        return HTTPStatus.OK, checked.ack_999, {"X-Batch-Id": batch_id}
+
+    def _remit(self) -> tuple[int, str, dict]:
+        from connectors.x12.payer import build_835
+
+        with self.lock:
+            due = [
+                claim
+                for batch in self.batches.values()
+                if batch["accepted"]
+                for claim in batch["claims"]
+                if claim["accepted"] and not claim["remitted"]
+            ]
+            if not due:
+                return HTTPStatus.NO_CONTENT, "", {}
+            lines = [self._adjudicate(claim) for claim in due]
+            number = len(self.remittances) + 1
+            text = build_835(lines, control_number=next(self._control), trace=f"TRC{number:07d}")
+            for claim in due:
+                claim["remitted"] = True
+            self.remittances.append(text)
+        return HTTPStatus.OK, text, {"X-Remittance": str(number)}
+
+    def _adjudicate(self, claim: dict[str, Any]) -> dict[str, Any]:
+        amount = Decimal(claim["amount"])
+        digest = int(hashlib.sha256(claim["claim_id"].encode()).hexdigest(), 16)
+        line = {**claim, "status": "1"}
+        if claim["payer_id"] in self.denied_payers or (self.deny_one_in and digest % self.deny_one_in == 0):
+            return line | {"paid": "0", "adjustments": [("CO", "50", amount)]}
+        cents = Decimal("0.01")
+        contractual = (amount * Decimal("0.15")).quantize(cents)
+        patient = (amount * Decimal("0.05")).quantize(cents)
+        paid = amount - contractual - patient
+        return line | {
+            "paid": paid,
+            "patient_responsibility": patient,
+            "adjustments": [("CO", "45", contractual), ("PR", "2", patient)],
+        }
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        base = super()._handler_class()
+        simulator = self
+
+        class Handler(base):  # type: ignore[valid-type,misc]
+            def _x12(self, method: str) -> bool:
+                path = self.path.split("?", 1)[0]
+                if not path.startswith(X12_PREFIX):
+                    return False
+                with simulator.lock:
+                    simulator.requests[f"{method} {path}"] += 1
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                if method != "GET" and simulator.forced_status is not None:
+                    status, text, extra = simulator.forced_status, "The simulator was told to fail.", {}
+                else:
+                    headers = {key.lower(): value for key, value in self.headers.items()}
+                    status, text, extra = simulator.handle_x12(method, path, headers, raw)
+                data = text.encode("latin-1")
+                self.send_response(status)
+                self.send_header(
+                    "Content-Type", "application/edi-x12" if text.startswith("ISA") else "text/plain"
+                )
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return True
+
+            def do_GET(self) -> None:
+                if not self._x12("GET"):
+                    super().do_GET()
+
+            def do_POST(self) -> None:
+                if not self._x12("POST"):
+                    super().do_POST()
+
+        return Handler
+
+
+def _claims_of(doc: Any) -> list[dict[str, Any]]:
+    """The claims of an 837: CLM01, CLM02, the payer (NM1*PR) and the subscriber before them."""
+    claims: list[dict[str, Any]] = []
+    payer_id = payer_name = member = name = ""
+    for seg in doc.segments:
+        if seg.id == "NM1" and seg.el(1) == "PR":
+            payer_id, payer_name = seg.el(9), seg.el(3)
+        elif seg.id == "NM1" and seg.el(1) == "IL":
+            member, name = seg.el(9), f"{seg.el(4)} {seg.el(3)}".strip()
+        elif seg.id == "CLM":
+            claims.append(
+                {
+                    "claim_id": seg.el(1),
+                    "amount": seg.el(2) or "0",
+                    "payer_id": payer_id,
+                    "payer_name": payer_name,
+                    "member_id": member,
+                    "name": name,
+                }
+            )
+    return claims
 
 
 def validate_claim(body: Any) -> list[str]:

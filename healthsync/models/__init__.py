@@ -1,5 +1,9 @@
 """The core's models, one module per area; import them from here."""
 
+from healthsync.models.api import (
+    ApiClient,
+    ApiUsage,
+)
 from healthsync.models.core import (
     CanonicalEvent,
     Connector,
@@ -14,10 +18,29 @@ from healthsync.models.core import (
     SchemaVersion,
     System,
 )
+from healthsync.models.governance import (
+    ChangeRequest,
+    ChangeReview,
+    OwnershipException,
+    SampleCase,
+)
+from healthsync.models.runtime import (
+    ConnectorMetric,
+    PruneRun,
+    ReplayItem,
+    ReplayRequest,
+    RetentionPolicy,
+    SyncJobRun,
+)
 
 __all__ = [
+    "ApiClient",
+    "ApiUsage",
     "CanonicalEvent",
+    "ChangeRequest",
+    "ChangeReview",
     "Connector",
+    "ConnectorMetric",
     "DataOwnership",
     "Delivery",
     "ExceptionComment",
@@ -26,6 +49,13 @@ __all__ = [
     "MappingSet",
     "MappingVersion",
     "Message",
+    "OwnershipException",
+    "PruneRun",
+    "ReplayItem",
+    "ReplayRequest",
+    "RetentionPolicy",
+    "SampleCase",
     "SchemaVersion",
+    "SyncJobRun",
     "System",
 ]

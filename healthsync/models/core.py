@@ -55,6 +55,8 @@ class Connector(models.Model):
     )
     lane = models.CharField(max_length=10, choices=Lane.choices, default=Lane.CLINICAL)
     is_enabled = models.BooleanField(default=True)
+    # Credentials (passwords, API keys, client secrets) as one Fernet token; read and write `secrets`.
+    secrets_token = models.TextField(blank=True, default="", editable=False)
     # Delivery policy (outbound): attempts, exponential backoff from this base, per-attempt timeout.
     retry_max_attempts = models.PositiveSmallIntegerField(default=5)
     retry_backoff_seconds = models.FloatField(default=2.0)
@@ -63,6 +65,9 @@ class Connector(models.Model):
     breaker_threshold = models.PositiveSmallIntegerField(default=5)
     consecutive_failures = models.PositiveIntegerField(default=0)
     breaker_open_until = models.DateTimeField(null=True, blank=True)
+    # When the breaker last opened (None while closed) and how often it has opened, for the operations page.
+    breaker_opened_at = models.DateTimeField(null=True, blank=True)
+    breaker_trips = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -71,6 +76,32 @@ class Connector(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.get_protocol_display()} {self.direction})"
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        """The decrypted credentials; raises healthsync.secrets.SecretsUnreadable when the key is wrong."""
+        from healthsync.secrets import decrypt_secrets
+
+        cached = getattr(self, "_secrets_cache", None)
+        if cached is not None and cached[0] == self.secrets_token:
+            return dict(cached[1])
+        values = decrypt_secrets(self.secrets_token)
+        self._secrets_cache = (self.secrets_token, values)
+        return dict(values)
+
+    @secrets.setter
+    def secrets(self, values: dict[str, str]) -> None:
+        from healthsync.secrets import encrypt_secrets
+
+        self.secrets_token = encrypt_secrets(values)
+        self._secrets_cache = (self.secrets_token, {k: v for k, v in values.items() if v not in (None, "")})
+
+    @property
+    def breaker_state(self) -> str:
+        """closed, open (pausing until breaker_open_until) or half-open (the next send is a probe)."""
+        if self.breaker_open_until is None:
+            return "closed"
+        return "open" if self.breaker_open_until > timezone.now() else "half-open"
 
     def clean(self) -> None:
         from healthsync.registry import connector_registry
@@ -246,13 +277,25 @@ class Message(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     # When a worker claimed it: a claim older than the worker's timeout belongs to a dead worker.
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # Which worker holds the claim: a worker only finishes messages it still holds after a stale release.
+    claimed_by = models.CharField(max_length=80, blank=True)
+    # The business key messages are ordered by (an encounter). Null (not yet read) differs from "" (no key).
+    sequence_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     processed_at = models.DateTimeField(null=True, blank=True)
 
     objects = MessageQuerySet.as_manager()
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["status", "lane", "id"], name="message_queue")]
+        indexes = [
+            models.Index(fields=["status", "lane", "id"], name="message_queue"),
+            models.Index(fields=["sequence_key", "id"], name="message_sequence"),
+            models.Index(
+                fields=["id"],
+                condition=Q(status="received", sequence_key__isnull=True),
+                name="message_untriaged",
+            ),
+        ]
         permissions = [
             ("view_phi", "Can view protected health information"),
             ("replay_message", "Can replay messages"),

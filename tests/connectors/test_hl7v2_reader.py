@@ -11,8 +11,16 @@ from hl7apy.parser import parse_message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.hl7v2.ack import MLLPDecoder, build_ack, mllp_frame
-from connectors.hl7v2.reader import Encoding, HL7Message, HL7ParseError, escape, parse
+from connectors.hl7v2.ack import MLLPDecoder, build_ack, build_batch_ack, fast_ack, mllp_frame
+from connectors.hl7v2.reader import (
+    Encoding,
+    HL7Message,
+    HL7ParseError,
+    escape,
+    parse,
+    read_header,
+    split_batch,
+)
 
 # hl7apy drops empty repetitions (a~~b), which would shift repetition numbers, so the corpus has none.
 CORPUS: dict[str, str] = {
@@ -403,3 +411,115 @@ def test_the_decoder_cuts_an_oversized_block() -> None:
     frames = MLLPDecoder(max_frame_bytes=10).feed(b"\x0b" + b"x" * 20)
 
     assert len(frames) == 1 and frames[0].junk
+
+
+# The listener's header-only path must agree with the full reader ----------------------------------------
+
+
+def _header_or_error(raw: bytes) -> object:
+    try:
+        return parse(raw).header
+    except HL7ParseError as exc:
+        return ("error", exc.code)
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_the_header_only_read_agrees_with_the_full_reader(name: str) -> None:
+    raw = _encoded(name)
+    quick = read_header(raw)
+    if quick is not None:
+        assert quick[0] == parse(raw).header
+
+
+@pytest.mark.parametrize("ending", [b"\r", b"\n", b"\r\n"])
+def test_the_header_only_read_handles_every_segment_ending(ending: bytes) -> None:
+    raw = ending.join([b"MSH|^~\\&|EPIC|GH|HS|HS|2025||ADT^A01^ADT_A01|C1|P|2.5.1", b"PID|1", b"ZPI|x", b""])
+    quick = read_header(raw)
+    assert quick is not None
+    assert quick[0] == parse(raw).header
+    assert quick[0].control_id == "C1"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"MSH|^~\\&|A|B|C|D|2025||ADT^A01|C\\F\\1|P|2.5",  # escape in the header
+        b"MSH|^~\\&|A~X|B|C|D|2025||ADT^A01|C1|P|2.5",  # repetition in the header
+        b"MSH|^~\\&|A|B|C|D|2025||ADT^A01|C1|P|2.5\rpid|1",  # bad segment name
+        b"MSH|^~\\&|A|B|C|D|2025||ADT^A01|C1|P|2.5\r PID|1",  # leading space
+        b"MSH|^~\\&|A|B|C|D|2025||ADT^A01|C1|P|2.5\x00",  # NUL byte
+        b"MSH|^~\\&|\xe9|B|C|D|2025||ADT^A01|C1|P|2.5",  # non-ASCII header
+        b"MSH|^~",  # too short
+    ],
+)
+def test_the_header_only_read_leaves_anything_unusual_to_the_full_reader(raw: bytes) -> None:
+    assert read_header(raw) is None
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200))
+def test_the_header_only_read_never_disagrees_on_arbitrary_input(tail: bytes) -> None:
+    for raw in (b"MSH|^~\\&|A|B|C|D|2025||ADT^A01|C1|P|2.5\r" + tail, b"MSH|^~\\&|" + tail):
+        quick = read_header(raw)
+        if quick is not None:
+            assert _header_or_error(raw) == quick[0]
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+@pytest.mark.parametrize("enhanced", [False, True])
+def test_the_template_ack_equals_build_ack_but_for_time_and_control_id(name: str, enhanced: bool) -> None:
+    header = parse(_encoded(name)).header
+    ours, reference = fast_ack(header, "AA", enhanced=enhanced), build_ack(header, "AA", enhanced=enhanced)
+    f = header.encoding.field
+
+    def without_time_and_id(text: str) -> list[list[str]]:
+        segments = [s.split(f) for s in text.split("\r")]
+        segments[0][6] = segments[0][9] = ""
+        return segments
+
+    assert without_time_and_id(ours) == without_time_and_id(reference)
+    assert (
+        fast_ack(header, "AA").split(f)[9] != fast_ack(header, "AA").split(f)[9]
+    )  # a fresh MSH-10 each time
+
+
+BATCH = (
+    b"FHS|^~\\&|EPIC|GH|||20250101||||FILE1\r"
+    b"BHS|^~\\&|EPIC|GH|||20250101||||BATCH7\r"
+    b"MSH|^~\\&|EPIC|GH|HS|HS|2025||ADT^A01^ADT_A01|B1|P|2.5.1\rPID|1||M1\rZPI|custom\r"
+    b"MSH|^~\\&|EPIC|GH|HS|HS|2025||ADT^A03^ADT_A03|B2|P|2.3\nPID|1||M2\n"
+    b"BTS|2\r"
+    b"FTS|1\r"
+)
+
+
+def test_a_batch_splits_into_its_messages_byte_for_byte() -> None:
+    batch = split_batch(BATCH)
+
+    assert batch.messages == [
+        b"MSH|^~\\&|EPIC|GH|HS|HS|2025||ADT^A01^ADT_A01|B1|P|2.5.1\rPID|1||M1\rZPI|custom\r",
+        b"MSH|^~\\&|EPIC|GH|HS|HS|2025||ADT^A03^ADT_A03|B2|P|2.3\nPID|1||M2\n",
+    ]
+    assert batch.has_file_header and batch.batch_control_id == "BATCH7" and batch.declared_count == 2
+
+
+@pytest.mark.parametrize("raw", [b"MSH|^~\\&|A", b"BHS|", b"BHSA^~\\&|x"])
+def test_it_refuses_what_is_not_a_batch(raw: bytes) -> None:
+    with pytest.raises(HL7ParseError):
+        split_batch(raw)
+
+
+def test_an_acknowledgement_batch_wraps_one_ack_per_message() -> None:
+    headers = [parse(m).header for m in split_batch(BATCH).messages]
+    text = build_batch_ack(
+        [build_ack(h, "AA") for h in headers],
+        encoding=Encoding(),
+        reference_batch_id="BATCH7",
+        file_envelope=True,
+    )
+    segments = [s.split("|") for s in text.rstrip("\r").split("\r")]
+
+    assert [s[0] for s in segments] == ["FHS", "BHS", "MSH", "MSA", "MSH", "MSA", "BTS", "FTS"]
+    assert segments[1][11] == "BATCH7"
+    assert [s[2] for s in segments if s[0] == "MSA"] == ["B1", "B2"]
+    assert segments[6][1] == "2"

@@ -208,7 +208,7 @@ def test_it_answers_ae_when_the_database_cannot_commit_and_recovers(
 ) -> None:
     real = ingest.store_messages
 
-    def failing(items: list[ingest.InboundItem]) -> list[ingest.StoreOutcome]:
+    def failing(items: list[ingest.InboundItem], **kwargs: object) -> list[ingest.StoreOutcome]:
         raise OperationalError("the database is down")
 
     monkeypatch.setattr(ingest, "store_messages", failing)

@@ -8,10 +8,16 @@ from django.contrib.auth.models import User
 from connectors.simulators import hl7_builder
 from healthsync import services
 from healthsync.choices import ExceptionKind, ExceptionStatus, MessageStatus, VersionStatus
+from healthsync.jobs import JOBS
 from healthsync.models import CanonicalEvent, Connector, ExceptionItem, MappingRule, MappingSet, SchemaVersion
 from healthsync.pipeline import claim_batch, process_pending
 from healthsync.registry import workflow_registry
-from healthsync.seed import seed_reference_config
+from healthsync.seed import (
+    all_mapping_definitions,
+    all_schema_definitions,
+    connector_definitions,
+    seed_reference_config,
+)
 from tests.pipeline_support import commits, store
 
 pytestmark = pytest.mark.django_db
@@ -61,7 +67,8 @@ def test_it_processes_messages_in_arrival_order_and_respects_the_limit() -> None
 
 
 def test_a_claimed_message_is_not_claimed_again() -> None:
-    first, second = store(hl7_builder.adt_a01()), store(hl7_builder.adt_a01())
+    first = store(hl7_builder.adt_a01(encounter_id="V1"))
+    second = store(hl7_builder.adt_a01(encounter_id="V2"))
 
     assert claim_batch(1) == [first.pk]
     assert claim_batch(5) == [second.pk]
@@ -213,7 +220,9 @@ def test_seeding_twice_changes_nothing_and_the_seeded_connectors_validate() -> N
     counts = [model.objects.count() for model in (MappingSet, SchemaVersion, Connector, MappingRule)]
     seed_reference_config()
     assert [model.objects.count() for model in (MappingSet, SchemaVersion, Connector, MappingRule)] == counts
-    assert counts[:3] == [3, 3, 3]
+    assert counts[0] == len({spec["code"] for spec in all_mapping_definitions()})
+    assert counts[1] == len(all_schema_definitions())
+    assert counts[2] == len(connector_definitions())
     for connector in Connector.objects.all():
         connector.full_clean()
 
@@ -225,10 +234,10 @@ def test_the_runtime_schedules_are_upserted_by_name() -> None:
 
     ensure_schedules()
     ensure_schedules()
-    assert sorted(Schedule.objects.values_list("func", flat=True)) == [
-        "healthsync.tasks.deliver_due",
-        "healthsync.tasks.process_pending",
-    ]
+    funcs = list(Schedule.objects.values_list("func", flat=True))
+    assert len(funcs) == len(set(Schedule.objects.values_list("name", flat=True)))
+    assert {"healthsync.tasks.deliver_due", "healthsync.tasks.process_pending"} <= set(funcs)
+    assert funcs.count("healthsync.jobs.job_run") == len(JOBS)
 
 
 def test_a_message_claimed_by_a_worker_that_died_is_processed_again() -> None:

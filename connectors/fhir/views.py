@@ -1,0 +1,205 @@
+"""The inbound FHIR endpoint: ``POST /fhir/<connector>/<Type>`` and ``POST /fhir/<connector>/`` (transaction).
+
+The body is stored in the message store and committed before the answer, like an MLLP ACK: 201 (or 200 for a
+transaction, or for a copy already received) means the message is safe. Bad input is answered 400/422 with an
+OperationOutcome naming the problem, and kept as a rejected message for triage. Callers authenticate with a
+DRF token (``Authorization: Token …``) or the connector's own API key header, whose value is a connector
+secret (``inbound_api_key``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from connectors.fhir.resources import (
+    Checked,
+    FhirInputError,
+    Issue,
+    check_resource,
+    load_json,
+    message_type_for,
+    operation_outcome,
+)
+from healthsync.choices import Direction, MessageStatus, Protocol
+from healthsync.ingest import InboundItem, StoreOutcome, store_messages
+from healthsync.models import Connector
+from healthsync.secrets import SecretsUnreadable
+
+logger = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+DEFAULT_KEY_HEADER = "X-Api-Key"
+
+
+def _reply(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> HttpResponse:
+    response = HttpResponse(json.dumps(body), status=status, content_type=FHIR_JSON)
+    for key, value in (headers or {}).items():
+        response[key] = value
+    return response
+
+
+def _outcome(status: int, code: str, diagnostics: str, expression: str = "") -> HttpResponse:
+    return _reply(status, operation_outcome([Issue(code, diagnostics, expression)]))
+
+
+def _caller(request: HttpRequest, connector: Connector) -> str:
+    """Who is calling ("token:<username>" or "api-key"), or "" when the credentials do not check out.
+
+    The caller, not the peer address, is the message's sender: a retry through another proxy node must
+    still be recognised as the same message.
+    """
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Token "):
+        from rest_framework.authtoken.models import Token
+
+        token = Token.objects.select_related("user").filter(key=header[6:].strip()).first()
+        if token is None or not token.user.is_active:
+            return ""
+        return f"token:{token.user.get_username()}"
+    key_header = str((connector.config or {}).get("api_key_header") or DEFAULT_KEY_HEADER)
+    offered = request.headers.get(key_header, "")
+    if not offered:
+        return ""
+    try:
+        expected = connector.secrets.get("inbound_api_key", "")
+    except SecretsUnreadable:
+        logger.error("fhir inbound: secrets of connector %s cannot be decrypted", connector.pk)
+        return ""
+    if expected and hmac.compare_digest(offered.encode(), expected.encode()):
+        return "api-key"
+    return ""
+
+
+def control_id_for(data: dict[str, Any]) -> str:
+    """The resource id, with its version when the sender gives one, else with a digest of the content.
+
+    A retry of the same payload is then a duplicate, while a changed resource under the same id (an
+    encounter going from in-progress to finished) is a new message.
+    """
+    resource_id = str(data.get("id") or "")
+    version = str((data.get("meta") or {}).get("versionId") or "")
+    if version:
+        return f"{resource_id}/_history/{version}"
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return f"{resource_id}#{hashlib.sha256(canonical).hexdigest()[:16]}"
+
+
+@csrf_exempt
+@require_POST
+def receive(request: HttpRequest, code: str, resource_type: str = "") -> HttpResponse:
+    connector = Connector.objects.filter(
+        code=code, protocol=Protocol.FHIR, direction=Direction.INBOUND
+    ).first()
+    if connector is None:
+        return _outcome(404, "not-found", f"No inbound FHIR connector {code!r}.")
+    sender = _caller(request, connector)
+    if not sender:
+        return _reply(
+            401,
+            operation_outcome(
+                [Issue("login", "Send Authorization: Token … or the connector's API key header.")]
+            ),
+            {"WWW-Authenticate": "Token"},
+        )
+    if not connector.is_enabled:
+        return _outcome(503, "transient", f"Connector {code} is disabled.")
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        return _outcome(413, "too-costly", "The body is larger than this endpoint accepts.")
+    try:
+        data = load_json(raw)
+        checked = check_resource(data, expected_type=resource_type)
+        accepted = (connector.config or {}).get("accepted_types")
+        if accepted and checked.resource_type not in accepted:
+            raise FhirInputError(
+                400,
+                [
+                    Issue(
+                        "not-supported",
+                        f"Connector {code} does not accept {checked.resource_type}.",
+                        "resourceType",
+                    )
+                ],
+                checked.resource_type,
+                checked.resource_id,
+            )
+    except FhirInputError as exc:
+        return _reject(connector, raw, sender, exc)
+    item = InboundItem(
+        connector_id=connector.pk,
+        raw=raw,
+        sender=sender,
+        control_id=control_id_for(checked.data),
+        message_type=checked.message_type,
+        lane=connector.lane,
+    )
+    try:
+        (outcome,) = store_messages([item])
+    except DatabaseError:
+        logger.exception("fhir inbound: could not store a message for connector %s", connector.pk)
+        return _outcome(503, "transient", "The message could not be stored; send it again.")
+    return _accepted(request, connector, checked, outcome)
+
+
+def _reject(connector: Connector, raw: bytes, sender: str, error: FhirInputError) -> HttpResponse:
+    data: Any = {}
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        data = json.loads(raw)
+    item = InboundItem(
+        connector_id=connector.pk,
+        raw=raw,
+        sender=sender,
+        control_id=str(data.get("id") or "") if isinstance(data, dict) else "",
+        message_type=message_type_for(data) if isinstance(data, dict) else "",
+        lane=connector.lane,
+        status=MessageStatus.REJECTED,
+        error=str(error)[:4000],
+    )
+    headers: dict[str, str] = {}
+    try:
+        (outcome,) = store_messages([item])
+        headers["X-HealthSync-Message"] = str(outcome.message_id)
+    except DatabaseError:
+        logger.exception("fhir inbound: could not keep a rejected message for connector %s", connector.pk)
+    logger.info("fhir inbound: rejected a body for connector %s (%d issues)", connector.pk, len(error.issues))
+    return _reply(error.status, operation_outcome(error.issues), headers)
+
+
+def _accepted(
+    request: HttpRequest, connector: Connector, checked: Checked, outcome: StoreOutcome
+) -> HttpResponse:
+    duplicate = outcome.is_duplicate
+    note = (
+        f"Already received as message {outcome.duplicate_of}; kept as {outcome.message_id}, not processed again."
+        if duplicate
+        else f"Stored as message {outcome.message_id}."
+    )
+    headers = {"X-HealthSync-Message": str(outcome.message_id)}
+    if checked.resource_type == "Bundle":
+        entries = []
+        for entry in checked.data.get("entry") or []:
+            resource = entry.get("resource") or {}
+            location = f"{resource.get('resourceType', '')}/{resource.get('id', '')}".rstrip("/")
+            entries.append(
+                {"response": {"status": "200 OK" if duplicate else "201 Created", "location": location}}
+            )
+        body = {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
+        return _reply(200, body, headers)
+    outcome_body = operation_outcome([Issue("informational", note, severity="information")])
+    if checked.resource_id:
+        headers["Location"] = request.build_absolute_uri(
+            f"/fhir/{connector.code}/{checked.resource_type}/{checked.resource_id}"
+        )
+    return _reply(200 if duplicate else 201, outcome_body, headers)

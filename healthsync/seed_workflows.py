@@ -1,0 +1,161 @@
+"""Reference configuration the deeper workflows need, on top of `seed_reference_config()`.
+
+Mappings for cancel-discharge (ADT^A13), coding (BAR^P05) and documentation (MDM^T02), their event schemas,
+and the ERP operations procure-to-pay, labour allocation, replenishment and cash posting deliver through.
+Idempotent like the core seed: what exists is left alone, operations a connector lacks are added.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.db import transaction
+
+from healthsync.choices import Protocol, Transform
+from healthsync.models import Connector
+from healthsync.seed import rule_spec, seed_mappings, seed_schemas
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+NEW_HL7_TYPES = ["ADT^A13", "BAR^P05", "MDM^T02"]
+
+ERP_OPERATIONS: dict[str, dict[str, str]] = {
+    "post_journal": {"method": "POST", "path": "/journal-entries", "result_field": "document_number"},
+    "post_ap_invoice": {"method": "POST", "path": "/ap-invoices", "result_field": "document_number"},
+    "post_purchase_order": {"method": "POST", "path": "/purchase-orders", "result_field": "document_number"},
+}
+
+
+def _encounter_rules() -> list[dict[str, Any]]:
+    return [
+        rule_spec("encounter_id", "PV1-19.1", required=True, description="Visit number"),
+        rule_spec("account_number", "PID-18.1"),
+        rule_spec("patient.mrn", "PID-3.1", required=True),
+        rule_spec("facility", "PV1-3.4|MSH-4.1"),
+    ]
+
+
+def workflow_mapping_definitions() -> list[dict[str, Any]]:
+    """Mapping sets for the message types the deeper discharge-to-bill-to-cash workflow reads."""
+    return [
+        {
+            "code": "ehr-adt-a13-discharge-cancelled",
+            "name": "EHR cancel discharge",
+            "protocol": Protocol.HL7V2,
+            "message_type": "ADT^A13",
+            "event_type": "encounter.discharge_cancelled",
+            "rules": [
+                *_encounter_rules(),
+                rule_spec("cancelled_at", "EVN-2.1|MSH-7.1", Transform.HL7_DATETIME),
+                rule_spec("event.occurred_at", "EVN-2.1|MSH-7.1", Transform.HL7_DATETIME),
+            ],
+        },
+        {
+            "code": "rcm-bar-p05-coding",
+            "name": "Coding complete (account update)",
+            "protocol": Protocol.HL7V2,
+            "message_type": "BAR^P05",
+            "event_type": "coding.completed",
+            "rules": [
+                *_encounter_rules(),
+                rule_spec("diagnoses[].code", "DG1[*]-3.1", description="ICD-10-CM"),
+                rule_spec("diagnoses[].description", "DG1[*]-3.2"),
+                rule_spec("diagnoses[].type", "DG1[*]-6.1"),
+                rule_spec("procedures[].code", "PR1[*]-3.1", description="ICD-10-PCS or CPT"),
+                rule_spec("procedures[].description", "PR1[*]-3.2"),
+                rule_spec("procedures[].performed_at", "PR1[*]-5.1", Transform.HL7_DATETIME),
+                rule_spec("drg", "DRG-1.1", description="MS-DRG"),
+                rule_spec("coded_at", "EVN-2.1|MSH-7.1", Transform.HL7_DATETIME),
+                rule_spec("event.occurred_at", "EVN-2.1|MSH-7.1", Transform.HL7_DATETIME),
+            ],
+        },
+        {
+            "code": "ehr-mdm-t02-documentation",
+            "name": "Documentation signed",
+            "protocol": Protocol.HL7V2,
+            "message_type": "MDM^T02",
+            "event_type": "documentation.completed",
+            "rules": [
+                *_encounter_rules(),
+                rule_spec("document_type", "TXA-2.1", required=True),
+                rule_spec("document_id", "TXA-12.1"),
+                rule_spec("signed_by", "TXA-22.1"),
+                rule_spec("signed_at", "TXA-4.1|EVN-2.1", Transform.HL7_DATETIME),
+                rule_spec("event.occurred_at", "TXA-4.1|EVN-2.1|MSH-7.1", Transform.HL7_DATETIME),
+            ],
+        },
+    ]
+
+
+_STRING = {"type": "string"}
+_ENCOUNTER = {
+    "encounter_id": {"type": "string", "minLength": 1},
+    "account_number": _STRING,
+    "facility": _STRING,
+    "patient": {"type": "object"},
+}
+
+
+def _schema(title: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "$schema": JSON_SCHEMA_DIALECT,
+        "title": title,
+        "type": "object",
+        "required": required,
+        "properties": {**_ENCOUNTER, **properties},
+    }
+
+
+def workflow_schema_definitions() -> dict[str, dict[str, Any]]:
+    coded = {
+        "type": "object",
+        "required": ["code"],
+        "properties": {"code": {"type": "string", "minLength": 1}},
+    }
+    return {
+        "encounter.discharge_cancelled": _schema(
+            "Discharge cancelled", {"cancelled_at": _STRING}, ["encounter_id"]
+        ),
+        "coding.completed": _schema(
+            "Coding completed",
+            {
+                "diagnoses": {"type": "array", "minItems": 1, "items": coded},
+                "procedures": {"type": "array", "items": coded},
+                "drg": _STRING,
+                "coded_at": _STRING,
+            },
+            ["encounter_id", "diagnoses"],
+        ),
+        "documentation.completed": _schema(
+            "Documentation completed",
+            {"document_type": {"type": "string", "minLength": 1}, "signed_by": _STRING, "signed_at": _STRING},
+            ["encounter_id", "document_type"],
+        ),
+    }
+
+
+@transaction.atomic
+def seed_workflow_config(*, actor: User | None = None) -> None:
+    """Add the workflow mappings, schemas and ERP operations that are missing (the core seed calls this)."""
+    seed_schemas(workflow_schema_definitions(), actor=actor)
+    seed_mappings(workflow_mapping_definitions(), actor=actor)
+    inbound = Connector.objects.filter(code="ehr-adt-mllp").first()
+    if inbound is not None:
+        accepted = list((inbound.config or {}).get("accepted_types") or [])
+        if accepted and any(kind not in accepted for kind in NEW_HL7_TYPES):
+            inbound.config = {
+                **inbound.config,
+                "accepted_types": accepted + [k for k in NEW_HL7_TYPES if k not in accepted],
+            }
+            inbound.save(update_fields=["config"])
+    erp = Connector.objects.filter(code="erp-journals").first()
+    if erp is not None:
+        operations = dict((erp.config or {}).get("operations") or {})
+        missing = {name: spec for name, spec in ERP_OPERATIONS.items() if name not in operations}
+        if missing:
+            erp.config = {**erp.config, "operations": {**operations, **missing}}
+            erp.save(update_fields=["config"])

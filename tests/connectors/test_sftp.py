@@ -1,0 +1,99 @@
+"""Files over SFTP against a real asyncssh server on an ephemeral localhost port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from connectors.files.adapter import FilesAdapter
+from connectors.files.poller import poll_connector
+from connectors.files.transport import SftpTransport
+from connectors.simulators.sftp_server import SftpServer
+from healthsync.choices import Direction, MessageStatus, Protocol
+from healthsync.errors import ConnectorError
+from healthsync.models import Connector, Delivery, Message, System
+from tests.connectors.test_files import CSV_LAYOUT, PAYROLL
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[SftpServer]:
+    root = tmp_path / "sftp"
+    (root / "in").mkdir(parents=True)
+    (root / "out").mkdir()
+    with SftpServer(str(root), username="payroll", password="s3cret") as sftp:
+        yield sftp
+
+
+@pytest.mark.django_db
+def test_it_picks_payroll_files_up_over_sftp(server: SftpServer, tmp_path: Path) -> None:
+    system = System.objects.create(code="payroll", name="Payroll")
+    connector = Connector.objects.create(
+        system=system,
+        code="payroll-sftp",
+        name="Payroll SFTP drop",
+        direction=Direction.INBOUND,
+        protocol=Protocol.FILE,
+        config={
+            "source": server.connector_config("/in"),
+            "settle_seconds": 0,
+            "layout": CSV_LAYOUT,
+            "pattern": "*.csv",
+            "message_type": "payroll_allocation",
+        },
+    )
+    assert FilesAdapter().validate_config(Direction.INBOUND, connector.config) == []
+    drop = tmp_path / "sftp" / "in"
+    (drop / "jan.csv").write_bytes(PAYROLL)
+    (drop / "bad.csv").write_bytes(b"nope\n")
+    (drop / "notes.txt").write_bytes(b"ignored by the pattern")
+    report = poll_connector(connector)
+    assert len(report.stored) == 1 and report.failed[0][0] == "bad.csv"
+    stored = Message.objects.get(pk=report.stored[0])
+    assert bytes(stored.raw) == PAYROLL and stored.status == MessageStatus.RECEIVED
+    assert Message.objects.get(status=MessageStatus.REJECTED).raw == b"nope\n"
+    assert sorted(p.name for p in drop.iterdir()) == ["archive", "error", "notes.txt"]
+    assert any(p.name.endswith("bad.csv.reason.txt") for p in (drop / "error").iterdir())
+
+
+def test_send_writes_atomically_over_sftp(server: SftpServer, tmp_path: Path) -> None:
+    connector = Connector(
+        system=System(code="erp", name="ERP"),
+        code="gl-sftp",
+        direction=Direction.OUTBOUND,
+        protocol=Protocol.FILE,
+        config={
+            "destination": server.connector_config("/out"),
+            "file_name": "gl-{key}.csv",
+            "layout": CSV_LAYOUT,
+        },
+    )
+    records = [{"employee_id": "E1", "cost_center": "ICU", "amount": "5.00", "period_end": "2026-01-31"}]
+    result = FilesAdapter().send(connector, Delivery(idempotency_key="k1", payload={"records": records}))
+    out = tmp_path / "sftp" / "out"
+    assert [p.name for p in out.iterdir()] == [result.external_id]
+    assert (out / result.external_id).read_bytes().startswith(b"employee_id,cost_center,amount,period_end\n")
+
+
+def test_it_refuses_a_server_with_another_host_key(server: SftpServer) -> None:
+    config = server.connector_config("/in")
+    config["host_key"] = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    with pytest.raises(ConnectorError) as caught:
+        SftpTransport(config, timeout=5)
+    assert caught.value.permanent and "host key" in caught.value.message
+
+
+def test_it_refuses_wrong_credentials(server: SftpServer) -> None:
+    config = server.connector_config("/in") | {"password": "wrong"}
+    with pytest.raises(ConnectorError) as caught:
+        SftpTransport(config, timeout=5)
+    assert caught.value.permanent and "credentials" in caught.value.message
+
+
+def test_an_unreachable_server_is_a_transient_error(server: SftpServer) -> None:
+    config = server.connector_config("/in") | {"port": 9}
+    with pytest.raises(ConnectorError) as caught:
+        SftpTransport(config, timeout=5)
+    assert not caught.value.permanent

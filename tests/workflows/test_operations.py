@@ -1,0 +1,300 @@
+"""Procure-to-pay, labour cost allocation and inventory replenishment against a real ERP simulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import User
+
+from healthsync import services
+from healthsync.choices import ExceptionKind, ExceptionStatus, RunStatus
+from healthsync.models import ExceptionItem
+from tests.pipeline_support import commits
+from tests.workflows.support import emit, workflow_destinations
+from workflows.labour import PayrollFileError, labour_allocation_run, read_payroll_csv
+from workflows.models import AllocationRule, ParLevel, WorkflowRun
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def sims() -> Iterator[tuple]:
+    with workflow_destinations() as pair:
+        yield pair
+
+
+def _run(workflow: str, key: str) -> WorkflowRun:
+    return WorkflowRun.objects.get(workflow=workflow, business_key=key)
+
+
+PO = {
+    "po_number": "PO-77",
+    "supplier": "MEDLINE",
+    "lines": [
+        {"line": 1, "item_code": "GLOVE-M", "quantity": "100", "unit_price": "0.20"},
+        {"line": 2, "item_code": "MASK-N95", "quantity": "50", "unit_price": "1.00"},
+    ],
+}
+
+
+def _invoice(number: str = "INV-1", **changes: object) -> dict:
+    invoice = {
+        "po_number": "PO-77",
+        "supplier": "MEDLINE",
+        "invoice_number": number,
+        "amount": "70.00",
+        "lines": [
+            {"line": 1, "quantity": "100", "unit_price": "0.20"},
+            {"line": 2, "quantity": "50", "unit_price": "1.00"},
+        ],
+    }
+    invoice.update(changes)
+    return invoice
+
+
+def _receipt(quantities: tuple[str, str] = ("100", "50"), receipt_id: str = "RCV-1") -> dict:
+    return {
+        "po_number": "PO-77",
+        "receipt_id": receipt_id,
+        "lines": [{"line": 1, "quantity": quantities[0]}, {"line": 2, "quantity": quantities[1]}],
+    }
+
+
+def _p2p(invoice: dict, receipt: dict | None = None) -> None:
+    emit("purchase_order.approved", "PO-77", PO, ref="po-77", source="erp-main")
+    if receipt is not None:
+        emit("supplier.receipt", "PO-77", receipt, ref=receipt["receipt_id"], source="erp-main")
+    emit("ap_invoice.received", "PO-77", invoice, ref=invoice["invoice_number"], source="erp-main")
+
+
+# Procure-to-pay -------------------------------------------------------------------------------------------
+
+
+def test_a_three_way_matched_invoice_posts_once(sims: tuple) -> None:
+    _, erp = sims
+    _p2p(_invoice(), _receipt())
+    emit("ap_invoice.received", "PO-77", _invoice(), ref="INV-1-resent", source="erp-main")
+
+    assert len(erp.invoices) == 1
+    run = _run("procure_to_pay", "PO-77")
+    assert run.status == RunStatus.COMPLETED
+    assert run.context["invoices"]["INV-1"]["status"] == "posted"
+    assert {"po_approved", "received", "invoice_received", "invoice_matched", "invoice_posted"} <= set(
+        run.steps.values_list("step", flat=True)
+    )
+
+
+def test_an_invoice_before_its_receipt_waits_then_posts(sims: tuple) -> None:
+    _, erp = sims
+    _p2p(_invoice())
+    assert len(erp.invoices) == 0 and not ExceptionItem.objects.exists()
+
+    emit("supplier.receipt", "PO-77", _receipt(), ref="RCV-1", source="erp-main")
+
+    assert len(erp.invoices) == 1
+
+
+def test_a_price_within_tolerance_matches(sims: tuple) -> None:
+    _, erp = sims
+    lines = [
+        {"line": 1, "quantity": "100", "unit_price": "0.202"},
+        {"line": 2, "quantity": "50", "unit_price": "1.00"},
+    ]
+    _p2p(_invoice(lines=lines, amount="70.20"), _receipt())
+
+    assert len(erp.invoices) == 1
+
+
+def test_a_short_receipt_is_a_mismatch_naming_the_line(sims: tuple) -> None:
+    _, erp = sims
+    _p2p(_invoice(), _receipt(("60", "50")))
+
+    item = ExceptionItem.objects.get()
+    assert item.kind == ExceptionKind.MISMATCH
+    assert "line 1: invoiced quantity 100 exceeds the received 60" in item.reason
+    assert item.amount == Decimal("70.00")
+    assert len(erp.invoices) == 0
+    assert _run("procure_to_pay", "PO-77").status == RunStatus.BLOCKED
+
+
+def test_a_price_over_tolerance_posts_after_the_variance_is_approved(sims: tuple, rcm_analyst: User) -> None:
+    _, erp = sims
+    lines = [
+        {"line": 1, "quantity": "100", "unit_price": "0.30"},
+        {"line": 2, "quantity": "50", "unit_price": "1.00"},
+    ]
+    _p2p(_invoice(lines=lines, amount="80.00"), _receipt())
+    item = ExceptionItem.objects.get()
+    assert "unit price 0.30 differs from the PO price 0.20" in item.reason
+
+    with commits():
+        services.exception_retry(
+            exception=item, actor=rcm_analyst, fixes={"variance_approval": "J. Buyer: contract price rise"}
+        )
+
+    item.refresh_from_db()
+    assert item.status == ExceptionStatus.RESOLVED
+    assert len(erp.invoices) == 1
+
+
+def test_a_supplier_invoice_number_already_posted_for_another_po_is_a_mismatch(sims: tuple) -> None:
+    _, erp = sims
+    _p2p(_invoice(), _receipt())
+    # Another PO of the same supplier invoiced with the same invoice number.
+    emit("purchase_order.approved", "PO-78", {**PO, "po_number": "PO-78"}, ref="po-78", source="erp-main")
+    emit(
+        "supplier.receipt",
+        "PO-78",
+        {**_receipt(), "po_number": "PO-78", "receipt_id": "R2"},
+        ref="R2",
+        source="erp-main",
+    )
+    emit(
+        "ap_invoice.received",
+        "PO-78",
+        {**_invoice(), "po_number": "PO-78"},
+        ref="INV-1-po78",
+        source="erp-main",
+    )
+
+    assert len(erp.invoices) == 1
+    item = ExceptionItem.objects.get()
+    assert item.kind == ExceptionKind.MISMATCH
+    assert "already posted against PO-77" in item.reason
+
+
+def test_the_erp_simulator_rejects_a_duplicate_supplier_invoice_under_a_new_reference(sims: tuple) -> None:
+    import httpx
+
+    _, erp = sims
+    body = {"external_reference": "r1", "supplier": "S", "invoice_number": "9", "amount": "1.00"}
+    assert httpx.post(f"{erp.url}/ap-invoices", json=body).status_code == 201
+    again = httpx.post(f"{erp.url}/ap-invoices", json=body)
+    assert again.status_code == 409 and again.json()["document_number"]
+    other = httpx.post(f"{erp.url}/ap-invoices", json={**body, "external_reference": "r2"})
+    assert other.status_code == 409 and "already posted" in other.json()["detail"]
+    bad = httpx.post(f"{erp.url}/purchase-orders", json={"external_reference": "p"})
+    assert bad.status_code == 400 and "supplier is required" in bad.json()["detail"]
+
+
+# Labour cost allocation -----------------------------------------------------------------------------------
+
+PAYROLL = """employee_id,department,period,gross_pay,employer_taxes,benefits
+E1,NURS,2026-01,5000.00,400.00,600.00
+E2,NURS,2026-01,4000.00,300.00,300.00
+E3,LAB,2026-01,3000.00,200.00,100.00
+E4,LAB,2026-02,3000.00,200.00,100.00
+"""
+
+
+@pytest.fixture
+def rules() -> None:
+    AllocationRule.objects.create(department="NURS", cost_center="CC-4WEST", share=Decimal("60"))
+    AllocationRule.objects.create(department="NURS", cost_center="CC-ICU", share=Decimal("40"))
+    AllocationRule.objects.create(department="LAB", cost_center="CC-LAB", share=Decimal("100"))
+
+
+def test_a_period_posts_one_balanced_journal_and_a_rerun_posts_nothing(sims: tuple, rules: None) -> None:
+    _, erp = sims
+    with commits():
+        labour_allocation_run(period="2026-01", csv_text=PAYROLL)
+    with commits():
+        labour_allocation_run(period="2026-01", csv_text=PAYROLL)
+
+    assert erp.entry_count == 1
+    entry = next(iter(erp.entries.values()))["entry"]
+    debits = {line["cost_center"]: line["debit"] for line in entry["lines"] if line["debit"] != "0.00"}
+    assert debits == {"CC-4WEST": "6360.00", "CC-ICU": "4240.00", "CC-LAB": "3300.00"}
+    assert entry["lines"][-1]["credit"] == "13900.00"
+    run = _run("labour_allocation", "2026-01")
+    assert run.status == RunStatus.COMPLETED
+    assert run.context["journal_document_number"] == next(iter(erp.entries))
+
+
+def test_a_changed_file_for_a_posted_period_is_a_mismatch_not_a_second_journal(
+    sims: tuple, rules: None
+) -> None:
+    _, erp = sims
+    with commits():
+        labour_allocation_run(period="2026-01", csv_text=PAYROLL)
+    with commits():
+        labour_allocation_run(period="2026-01", csv_text=PAYROLL.replace("5000.00", "5100.00"))
+
+    assert erp.entry_count == 1
+    assert ExceptionItem.objects.get().kind == ExceptionKind.MISMATCH
+
+
+def test_a_department_without_complete_rules_blocks_the_period(sims: tuple) -> None:
+    _, erp = sims
+    AllocationRule.objects.create(department="NURS", cost_center="CC-4WEST", share=Decimal("90"))
+    with commits():
+        labour_allocation_run(period="2026-01", csv_text=PAYROLL)
+
+    item = ExceptionItem.objects.get()
+    assert "NURS add up to 90.00%" in item.reason
+    assert "LAB has no allocation rule" in item.reason
+    assert erp.entry_count == 0
+
+
+def test_the_payroll_reader_names_every_bad_row() -> None:
+    with pytest.raises(PayrollFileError) as caught:
+        read_payroll_csv("employee_id,department,period,gross_pay\nE1,NURS,2026-1,12x\n,LAB,2026-01,1\n")
+    assert caught.value.errors == [
+        "row 2: period must be YYYY-MM",
+        "row 2: gross_pay is not a decimal amount",
+        "row 3: employee_id is empty",
+    ]
+    with pytest.raises(PayrollFileError, match="lacks the column"):
+        read_payroll_csv("employee,dept\nE1,NURS\n")
+
+
+def test_an_unreadable_payroll_file_becomes_an_exception_keeping_the_errors(sims: tuple) -> None:
+    with commits():
+        labour_allocation_run(period="2026-01", csv_text="employee_id,department\nE1,NURS\n")
+    item = ExceptionItem.objects.get()
+    assert item.kind == ExceptionKind.MAPPING_FAILED
+    assert item.detail["errors"]
+
+
+# Inventory replenishment ----------------------------------------------------------------------------------
+
+
+def test_usage_below_par_orders_once_and_a_duplicate_feed_never_double_orders(sims: tuple) -> None:
+    _, erp = sims
+    ParLevel.objects.create(
+        item_code="GLOVE-M",
+        location="4WEST",
+        par=100,
+        reorder_point=20,
+        on_hand=30,
+        unit_cost=Decimal("0.20"),
+        supplier="MEDLINE",
+    )
+    usage = {"feed_id": "F1", "location": "4WEST", "items": [{"item_code": "GLOVE-M", "quantity": 15}]}
+    emit("supply.used", "4WEST", usage, ref="F1", source="materials")
+    emit("supply.used", "4WEST", usage, ref="F1-resent", source="materials")  # the same feed again
+    emit("supply.used", "4WEST", {**usage, "feed_id": "F2"}, ref="F2", source="materials")
+
+    assert ParLevel.objects.get().on_hand == 0
+    assert len(erp.purchase_orders) == 1
+    po = next(iter(erp.purchase_orders.values()))["document"]
+    assert po["lines"][0]["quantity"] == 85
+
+    emit(
+        "supply.received",
+        "4WEST",
+        {"item_code": "GLOVE-M", "location": "4WEST", "quantity": 85, "receipt_id": "G1"},
+        ref="G1",
+        source="materials",
+    )
+    assert ParLevel.objects.get().on_hand == 85
+    emit(
+        "supply.used",
+        "4WEST",
+        {**usage, "feed_id": "F3", "items": [{"item_code": "GLOVE-M", "quantity": 70}]},
+        ref="F3",
+        source="materials",
+    )
+    assert len(erp.purchase_orders) == 2

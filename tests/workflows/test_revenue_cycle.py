@@ -1,0 +1,276 @@
+"""Discharge-to-bill-to-cash beyond the claim: cancel-discharge, coding, bill hold, late charges, remittance."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import override_settings
+
+from connectors.simulators import hl7_builder
+from healthsync import services
+from healthsync.choices import ExceptionKind, ExceptionStatus, MessageStatus, RunStatus
+from healthsync.models import Delivery, ExceptionItem
+from tests.pipeline_support import commits, feed
+from tests.workflows.support import emit, workflow_destinations
+from workflows import discharge_to_bill
+from workflows.models import WorkflowRun
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def sims() -> Iterator[tuple]:
+    with workflow_destinations() as pair:
+        yield pair
+
+
+def _run(key: str = "V1001", workflow: str = "discharge_to_bill") -> WorkflowRun:
+    return WorkflowRun.objects.get(workflow=workflow, business_key=key)
+
+
+def _steps(run: WorkflowRun) -> set[str]:
+    return set(run.steps.values_list("step", flat=True))
+
+
+def _billed(sims: tuple) -> WorkflowRun:
+    feed(hl7_builder.adt_a01(), hl7_builder.dft_p03(), hl7_builder.adt_a03())
+    return _run()
+
+
+def test_cancel_discharge_puts_a_blocked_account_back_and_withdraws_its_exception(sims: tuple) -> None:
+    rcm, _ = sims
+    feed(hl7_builder.adt_a01(include_insurance=False), hl7_builder.adt_a03(include_insurance=False))
+    assert ExceptionItem.objects.open().count() == 1
+
+    (a13,) = feed(hl7_builder.adt_a13())
+
+    assert a13.status == MessageStatus.PROCESSED
+    run = _run()
+    assert run.step == "admitted" and run.status == RunStatus.ACTIVE
+    assert "discharged" not in _steps(run) and "discharge_cancelled" in _steps(run)
+    assert "discharged_at" not in run.context
+    item = ExceptionItem.objects.get()
+    assert item.status == ExceptionStatus.RESOLVED
+    assert "discharge was cancelled" in item.resolution_note
+    assert rcm.claim_count == 0
+
+
+def test_a_discharge_after_a_cancel_bills_once(sims: tuple) -> None:
+    rcm, erp = sims
+    feed(hl7_builder.adt_a01(include_insurance=False), hl7_builder.adt_a03(include_insurance=False))
+    feed(hl7_builder.adt_a13(), hl7_builder.dft_p03(), hl7_builder.adt_a03())
+
+    run = _run()
+    assert run.status == RunStatus.COMPLETED
+    assert rcm.claim_count == 1 and erp.entry_count == 1
+
+
+def test_cancel_discharge_after_the_claim_went_out_raises_a_mismatch(sims: tuple) -> None:
+    rcm, _ = sims
+    _billed(sims)
+    feed(hl7_builder.adt_a13())
+
+    item = ExceptionItem.objects.get()
+    assert item.kind == ExceptionKind.MISMATCH
+    assert "void or correct the claim" in item.reason
+    assert rcm.claim_count == 1
+    assert _run().status == RunStatus.BLOCKED
+
+
+@override_settings(HEALTHSYNC_REQUIRE_CODING=True)
+def test_with_coding_required_the_claim_waits_for_bar_p05_and_carries_its_codes(sims: tuple) -> None:
+    rcm, _ = sims
+    feed(hl7_builder.adt_a01(), hl7_builder.dft_p03(), hl7_builder.adt_a03(), hl7_builder.mdm_t02())
+    assert rcm.claim_count == 0
+    assert "documentation_completed" in _steps(_run())
+
+    feed(hl7_builder.bar_p05(diagnoses=[("K35.80", "Acute appendicitis", "F")]))
+
+    run = _run()
+    assert {"coding_completed", "claim_ready", "claim_submitted"} <= _steps(run)
+    claim = next(iter(rcm.claims.values()))["claim"]
+    assert claim["diagnoses"][0]["code"] == "K35.80"
+    assert run.context["drg"] == "343"
+    assert run.context["procedures"][0]["code"] == "0DTJ4ZZ"
+
+
+def test_a_coding_message_without_diagnoses_fails_with_the_field_named(sims: tuple) -> None:
+    (message,) = feed(hl7_builder.bar_p05(include_diagnosis=False))
+
+    assert message.status == MessageStatus.FAILED
+    item = ExceptionItem.objects.get(message=message)
+    assert "diagnoses" in item.reason
+    assert bytes(message.raw).startswith(b"MSH")
+
+
+@override_settings(HEALTHSYNC_BILL_HOLD_DAYS=3)
+def test_the_bill_hold_keeps_the_claim_until_it_ends(sims: tuple) -> None:
+    rcm, _ = sims
+    # Discharged now: the three-day hold has not ended.
+    from django.utils import timezone
+
+    now = timezone.now().strftime("%Y%m%d%H%M%S")
+    feed(hl7_builder.adt_a01(), hl7_builder.dft_p03(), hl7_builder.adt_a03(discharge_time=now))
+    assert rcm.claim_count == 0
+    assert _run().context["bill_hold_until"]
+
+    with commits():
+        discharge_to_bill.release_bill_holds(timezone.now() + timedelta(days=1))
+    assert rcm.claim_count == 0
+
+    with commits():
+        discharge_to_bill.release_bill_holds(timezone.now() + timedelta(days=4))
+    assert rcm.claim_count == 1
+    assert "bill_hold_released" in _steps(_run())
+
+
+@override_settings(HEALTHSYNC_BILL_HOLD_DAYS=3)
+def test_an_old_discharge_passes_the_bill_hold_straight_away(sims: tuple) -> None:
+    rcm, _ = sims
+    _billed(sims)  # discharged 2026-01-03, long past the hold
+
+    run = _run()
+    assert "bill_hold_released" in _steps(run)
+    assert rcm.claim_count == 1
+
+
+def test_a_late_charge_goes_on_one_corrected_claim_with_a_new_version(sims: tuple) -> None:
+    rcm, erp = sims
+    _billed(sims)
+    late = [
+        {
+            "charge_id": "CHG2001",
+            "code": "250001",
+            "description": "Pharmacy",
+            "amount": "100.00",
+            "quantity": "1",
+        }
+    ]
+
+    feed(hl7_builder.dft_p03(charges=late))
+    feed(hl7_builder.dft_p03(charges=late))  # the same late charge resent
+
+    run = _run()
+    assert run.context["late_charges"] == ["CHG2001"]
+    assert {"late_charge_posted", "corrected_claim_submitted"} <= _steps(run)
+    assert rcm.claim_count == 2
+    corrected = [c for c in rcm.claims.values() if c["claim"]["claim_frequency"] == "7"]
+    assert len(corrected) == 1
+    assert corrected[0]["claim"]["original_claim_id"] == run.context["claim_id"]
+    assert corrected[0]["claim"]["total_charges"] == "3350.50"
+    assert corrected[0]["idempotency_key"].endswith(":claim:V1001:2")
+    # The original accrual and one adjustment for the late amount.
+    assert erp.entry_count == 2
+    adjustment = next(
+        e["entry"] for e in erp.entries.values() if e["entry"]["external_reference"].endswith(":2")
+    )
+    assert adjustment["lines"][0]["debit"] == "100.00"
+
+
+def test_claim_lifecycle_events_record_their_steps(sims: tuple) -> None:
+    run = _billed(sims)
+    claim_id = run.context["claim_id"]
+    emit("claim.accepted", claim_id, {"claim_id": claim_id, "patient_control_number": "V1001"}, ref="277-1")
+
+    assert "claim_accepted" in _steps(_run())
+
+
+def test_a_payment_posts_cash_and_adjustments_once_even_when_the_remit_repeats(sims: tuple) -> None:
+    _, erp = sims
+    run = _billed(sims)
+    paid = {
+        "claim_id": run.context["claim_id"],
+        "patient_control_number": "V1001",
+        "paid_amount": "2000.00",
+        "patient_responsibility": "250.00",
+        "adjustments": [{"group": "CO", "reason": "45", "amount": "1000.50"}],
+        "trace_number": "TRN-1",
+        "payment_date": "2026-02-01",
+    }
+    emit("claim.paid", run.context["claim_id"], paid, ref="835-1")
+    emit("claim.paid", run.context["claim_id"], paid, ref="835-1-again")  # a duplicate remit file
+
+    cash = [e["entry"] for e in erp.entries.values() if ":cash:" in e["entry"]["external_reference"]]
+    assert len(cash) == 1
+    lines = {line["account"]: line for line in cash[0]["lines"]}
+    assert lines["1000"]["debit"] == "2000.00"
+    assert lines["4900"]["debit"] == "1000.50"
+    assert lines["1210"]["debit"] == "250.00"
+    assert lines["1200"]["credit"] == "3250.50"
+    assert {"paid", "cash_posted"} <= _steps(_run())
+
+
+def test_a_remittance_carrying_its_claims_posts_them_and_completes(sims: tuple) -> None:
+    _, erp = sims
+    run = _billed(sims)
+    remit = {
+        "trace_number": "TRN-9",
+        "amount": "2000.00",
+        "payer": "Aetna",
+        "payment_date": "2026-02-01",
+        "claim_count": 1,
+        "claims": [
+            {"claim_id": run.context["claim_id"], "patient_control_number": "V1001", "paid_amount": "2000.00"}
+        ],
+    }
+    emit("remittance.received", "TRN-9", remit, ref="TRN-9")
+    emit("remittance.received", "TRN-9", remit, ref="TRN-9-resent")
+
+    remittance = _run("TRN-9", "remittance")
+    assert remittance.status == RunStatus.COMPLETED
+    assert Delivery.objects.filter(idempotency_key__contains=":cash:").count() == 1
+    assert erp.entry_count == 2  # accrual + cash
+
+
+def test_a_denial_becomes_an_exception_with_the_amount_at_stake(sims: tuple) -> None:
+    run = _billed(sims)
+    emit(
+        "claim.denied",
+        run.context["claim_id"],
+        {"claim_id": run.context["claim_id"], "adjustments": [{"group": "CO", "reason": "16"}]},
+        ref="835-d",
+    )
+
+    item = ExceptionItem.objects.get()
+    assert item.kind == ExceptionKind.DESTINATION_REJECTED
+    assert "denied" in item.reason and "CO-16" in item.reason
+    assert item.amount == Decimal("3250.50")
+    assert "denied" in _steps(_run())
+
+
+def test_a_rejection_blocks_the_run(sims: tuple) -> None:
+    run = _billed(sims)
+    emit("claim.rejected", "x", {"patient_control_number": "V1001", "reasons": ["A7:562"]}, ref="277-r")
+
+    assert _run().status == RunStatus.BLOCKED
+    assert "A7:562" in ExceptionItem.objects.get().reason
+    assert "claim_rejected" in _steps(run)
+
+
+def test_a_payment_for_an_unknown_claim_is_a_mismatch(sims: tuple) -> None:
+    emit("claim.paid", "CLM-X", {"claim_id": "CLM-X", "paid_amount": "10.00"}, ref="835-x")
+
+    item = ExceptionItem.objects.get()
+    assert item.kind == ExceptionKind.MISMATCH
+    assert "CLM-X" in item.reason
+    assert item.amount == Decimal("10.00")
+
+
+def test_resolving_a_blocking_exception_lets_the_run_move_on(sims: tuple, rcm_analyst: User) -> None:
+    rcm, _ = sims
+    feed(hl7_builder.adt_a01(include_insurance=False), hl7_builder.adt_a03(include_insurance=False))
+    run = _run()
+    run.context["coverage"] = {"payer_id": "CIGNA01", "payer_name": "Cigna"}
+    run.save()
+
+    with commits():
+        services.exception_resolve(
+            exception=ExceptionItem.objects.get(), note="Insurance added in the EHR.", actor=rcm_analyst
+        )
+
+    assert rcm.claim_count == 1
+    assert "claim_submitted" in _steps(_run())

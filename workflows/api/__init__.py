@@ -1,0 +1,1 @@
+"""REST API of workflow runs and the exception queue."""

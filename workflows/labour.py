@@ -1,0 +1,239 @@
+"""Labour cost allocation: a batch window reads the payroll file, allocates each department's cost to cost
+centres by the governed AllocationRule rows and posts one balanced journal per period to the ERP.
+
+The journal's external reference is the period, so a rerun of the same period posts nothing new; a rerun with
+a different file for an already-posted period raises a mismatch instead of posting a second journal.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
+
+from django.db import transaction
+from django.utils import timezone
+
+from healthsync.choices import DeliveryStatus, ExceptionKind, RunStatus
+from healthsync.deliveries import connector_for_operation, delivery_request
+from healthsync.models import Delivery, ExceptionItem
+from healthsync.registry import workflow_registry
+from workflows.models import AllocationRule, WorkflowRun
+from workflows.runs import record_step, run_for
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+WORKFLOW = "labour_allocation"
+JOURNAL_OPERATION = "post_journal"
+ACCRUED_PAYROLL_ACCOUNT = ("2100", "Accrued payroll")
+REQUIRED_COLUMNS = ("employee_id", "department", "period", "gross_pay")
+COST_COLUMNS = ("gross_pay", "employer_taxes", "benefits")
+CENT = Decimal("0.01")
+
+
+class PayrollFileError(ValueError):
+    """The payroll file cannot be read; `errors` names each bad row and column."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class PayrollLine:
+    """One employee's labour cost in one period and department."""
+
+    employee_id: str
+    department: str
+    period: str
+    cost: Decimal
+
+
+def register() -> None:
+    workflow_registry.on_delivery(WORKFLOW, on_delivery)
+
+
+def read_payroll_csv(text: str) -> list[PayrollLine]:
+    """Parse a payroll CSV (header row; employee_id, department, period YYYY-MM, gross_pay, optional
+    employer_taxes, benefits); every bad row is reported, none is skipped silently."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = [name.strip() for name in reader.fieldnames or []]
+    missing = [name for name in REQUIRED_COLUMNS if name not in header]
+    if missing:
+        raise PayrollFileError([f"the header lacks the column(s) {', '.join(missing)}"])
+    lines, errors = [], []
+    for number, row in enumerate(reader, start=2):
+        row = {(key or "").strip(): (value or "").strip() for key, value in row.items()}
+        for name in ("employee_id", "department", "period"):
+            if not row.get(name):
+                errors.append(f"row {number}: {name} is empty")
+        period = row.get("period", "")
+        if period and (len(period) != 7 or period[4] != "-" or not period.replace("-", "").isdigit()):
+            errors.append(f"row {number}: period must be YYYY-MM")
+        cost = Decimal("0")
+        for name in COST_COLUMNS:
+            try:
+                cost += Decimal(row.get(name) or "0")
+            except InvalidOperation:
+                errors.append(f"row {number}: {name} is not a decimal amount")
+        if not errors or not errors[-1].startswith(f"row {number}:"):
+            lines.append(PayrollLine(row["employee_id"], row["department"], period, cost.quantize(CENT)))
+    if errors:
+        raise PayrollFileError(errors)
+    return lines
+
+
+def allocate(
+    lines: list[PayrollLine], rules: list[AllocationRule]
+) -> tuple[dict[tuple[str, str], Decimal], list[str]]:
+    """Department cost split by rule shares, remainders to the largest share so cents never go missing.
+
+    Returns {(gl account, cost centre): amount} and the problems (departments without complete rules).
+    """
+    by_department: dict[str, Decimal] = defaultdict(Decimal)
+    for line in lines:
+        by_department[line.department] += line.cost
+    rules_by_department: dict[str, list[AllocationRule]] = defaultdict(list)
+    for rule in rules:
+        rules_by_department[rule.department].append(rule)
+    allocated: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    problems = []
+    for department, cost in sorted(by_department.items()):
+        department_rules = sorted(
+            rules_by_department.get(department, []), key=lambda r: (-r.share, r.cost_center)
+        )
+        total_share = sum((rule.share for rule in department_rules), Decimal("0"))
+        if not department_rules:
+            problems.append(f"department {department} has no allocation rule")
+            continue
+        if total_share != 100:
+            problems.append(f"the rules of department {department} add up to {total_share}%, not 100%")
+            continue
+        parts = [(rule, (cost * rule.share / 100).quantize(CENT)) for rule in department_rules]
+        remainder = cost - sum((amount for _, amount in parts), Decimal("0"))
+        parts[0] = (parts[0][0], parts[0][1] + remainder)
+        for rule, amount in parts:
+            allocated[(rule.gl_account, rule.cost_center)] += amount
+    return dict(allocated), problems
+
+
+@transaction.atomic
+def labour_allocation_run(
+    *, period: str, csv_text: str, source: str = "payroll", actor: User | None = None
+) -> WorkflowRun:
+    """Allocate one period's payroll and ask the ERP for its journal (once per period)."""
+    digest = hashlib.sha256(csv_text.encode()).hexdigest()
+    run = run_for(WORKFLOW, period)
+    try:
+        lines = [line for line in read_payroll_csv(csv_text) if line.period == period]
+    except PayrollFileError as error:
+        _raise(
+            run,
+            ExceptionKind.MAPPING_FAILED,
+            f"The payroll file for {period} cannot be read: {error}",
+            {"errors": error.errors},
+        )
+        return run
+    if (
+        run.context.get("file_sha256")
+        and run.context["file_sha256"] != digest
+        and run.context.get("journal_key")
+    ):
+        _raise(
+            run,
+            ExceptionKind.MISMATCH,
+            f"The payroll file for {period} changed after its journal was posted: post an adjustment in the ERP.",
+            {"posted_sha256": run.context["file_sha256"], "new_sha256": digest},
+        )
+        return run
+    if run.context.get("journal_key"):
+        return run  # the same period again: the journal exists or is on its way
+    record_step(run, "payroll_read", timezone.now(), note=f"{len(lines)} lines")
+    rules = list(AllocationRule.objects.filter(is_active=True))
+    allocated, problems = allocate(lines, rules)
+    if problems or not allocated:
+        _raise(
+            run,
+            ExceptionKind.MISSING_DATA,
+            f"Labour cost for {period} cannot be allocated: "
+            + "; ".join(problems or ["the file has no rows for it"]),
+            {"problems": problems},
+        )
+        return run
+    total = sum(allocated.values(), Decimal("0"))
+    key = f"{source}:labour:{period}:1"
+    journal_lines = [
+        {
+            "account": account,
+            "account_name": "Salaries and wages",
+            "cost_center": center,
+            "debit": f"{amount:.2f}",
+            "credit": "0.00",
+        }
+        for (account, center), amount in sorted(allocated.items())
+    ]
+    journal_lines.append(
+        {
+            "account": ACCRUED_PAYROLL_ACCOUNT[0],
+            "account_name": ACCRUED_PAYROLL_ACCOUNT[1],
+            "cost_center": "",
+            "debit": "0.00",
+            "credit": f"{total:.2f}",
+        }
+    )
+    run.context.update({"file_sha256": digest, "journal_key": key, "total": str(total), "lines": len(lines)})
+    run.amount = total
+    record_step(run, "allocated", timezone.now(), note=f"{len(allocated)} cost centre lines")
+    run.status = RunStatus.ACTIVE
+    run.save()
+    delivery_request(
+        connector=connector_for_operation(JOURNAL_OPERATION),
+        operation=JOURNAL_OPERATION,
+        payload={
+            "external_reference": key,
+            "journal_date": f"{period}-01",
+            "period": period,
+            "currency": "USD",
+            "description": f"Labour cost allocation {period}",
+            "source_document": f"payroll {period}",
+            "lines": journal_lines,
+        },
+        idempotency_key=key,
+        workflow=WORKFLOW,
+        business_key=period,
+    )
+    return run
+
+
+def on_delivery(delivery: Delivery) -> None:
+    run = run_for(WORKFLOW, delivery.business_key)
+    if delivery.status == DeliveryStatus.SUCCEEDED:
+        run.context["journal_document_number"] = delivery.external_id
+        record_step(run, "journal_posted", timezone.now(), delivery=delivery, note=delivery.external_id)
+        run.status = RunStatus.COMPLETED
+        run.completed_at = run.completed_at or timezone.now()
+    elif delivery.status == DeliveryStatus.FAILED:
+        run.status = RunStatus.BLOCKED
+    run.save()
+
+
+def _raise(run: WorkflowRun, kind: str, reason: str, detail: dict) -> None:
+    existing = (
+        ExceptionItem.objects.open()
+        .filter(workflow=WORKFLOW, business_key=run.business_key, kind=kind)
+        .first()
+    )
+    if existing is not None:
+        existing.reason, existing.detail = reason[:2000], detail
+        existing.save()
+    else:
+        ExceptionItem.objects.create(
+            kind=kind, workflow=WORKFLOW, business_key=run.business_key, reason=reason[:2000], detail=detail
+        )
+    run.status = RunStatus.BLOCKED
+    run.save()

@@ -1,0 +1,45 @@
+"""Run and step helpers the workflows share: find a run by its key (row-locked) and record a step once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.utils import timezone
+
+from healthsync.models import CanonicalEvent, Delivery
+from workflows.models import WorkflowRun, WorkflowStep
+
+
+def run_for(workflow: str, business_key: str) -> WorkflowRun:
+    """The run of `workflow` for `business_key`, created if new; the row lock orders events of one key."""
+    run, _ = WorkflowRun.objects.select_for_update().get_or_create(
+        workflow=workflow, business_key=business_key
+    )
+    if not isinstance(run.context, dict):
+        run.context = {}
+    return run
+
+
+def record_step(
+    run: WorkflowRun,
+    step: str,
+    occurred_at: datetime | None = None,
+    *,
+    event: CanonicalEvent | None = None,
+    delivery: Delivery | None = None,
+    note: str = "",
+) -> None:
+    """Record a step the first time it is reached and make it the run's current step."""
+    if run.pk is None:
+        run.save()
+    WorkflowStep.objects.get_or_create(
+        run=run,
+        step=step,
+        defaults={
+            "occurred_at": occurred_at or timezone.now(),
+            "event": event,
+            "delivery": delivery,
+            "note": note[:300],
+        },
+    )
+    run.step = step
