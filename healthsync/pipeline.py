@@ -460,7 +460,25 @@ def _process(message: Message, config: _Config) -> str:
     if not message.business_key and message.sequence_key and not message.sequence_key.startswith("patient:"):
         message.business_key = message.sequence_key
     if not routes:
-        return MessageStatus.IGNORED
+        # Standard transactions whose meaning the standard fixes (X12 999/277CA/835) carry many events per
+        # message; their adapter reads them out, and each is validated against its active schema as usual.
+        native = getattr(adapter, "events", None)
+        if native is None:
+            return MessageStatus.IGNORED
+        try:
+            specs = native(bytes(message.raw))
+        except Exception as exc:
+            reason = getattr(exc, "message", None) or str(exc)
+            raise _BadData(
+                ExceptionKind.MAPPING_FAILED,
+                f"{message_type or 'Message'} #{message.pk} carries no events HealthSync can read: {reason}.",
+                {"stage": "events", "error": reason},
+            ) from exc
+        for spec in specs:
+            event = _emit_native(message, spec, config)
+            if event is not None and not message.business_key:
+                message.business_key = event.subject
+        return MessageStatus.PROCESSED if specs else MessageStatus.IGNORED
     for route in routes:
         event = _emit(message, parsed, route, control_id, config)
         if event is not None:
@@ -547,6 +565,48 @@ def _emit(
     return event
 
 
+def _emit_native(message: Message, spec: dict[str, Any], config: _Config) -> CanonicalEvent | None:
+    """Store and route one event an adapter read out of a standard transaction; None when already emitted."""
+    event_type = str(spec["type"])
+    data = dict(spec.get("data") or {})
+    schema = config.schemas.get(event_type)
+    label = f"{message.message_type or 'Message'} #{message.pk}"
+    if schema is None:
+        raise _BadData(
+            ExceptionKind.SCHEMA_INVALID,
+            f"{label} carries {event_type}, but no active schema version exists for that event type.",
+            {"stage": "schema", "event_type": event_type},
+        )
+    try:
+        validate_event_data(schema, data)
+    except SchemaInvalid as exc:
+        raise _BadData(
+            ExceptionKind.SCHEMA_INVALID,
+            f"{label} carries {event_type} data that does not match schema {schema.version}: "
+            + "; ".join(exc.errors)
+            + ".",
+            {"stage": "schema", "event_type": event_type, "errors": exc.errors},
+        ) from exc
+    idempotency_key = str(spec["idempotency_key"])
+    if CanonicalEvent.objects.filter(idempotency_key=idempotency_key).exists():
+        return None
+    event = CanonicalEvent.objects.create(
+        type=event_type,
+        source=message.connector.system.code,
+        subject=str(spec.get("subject") or "")[:200],
+        occurred_at=_occurred_at(spec.get("occurred_at"), None),
+        idempotency_key=idempotency_key,
+        source_ref=str(spec.get("source_ref") or message.control_id)[:200],
+        correlation={key: value for key, value in (spec.get("correlation") or {}).items() if value},
+        data=data,
+        message=message,
+        schema_version=schema,
+    )
+    for handler in workflow_registry.handlers_for(event_type):
+        handler(event)
+    return event
+
+
 def validate_event_data(schema: SchemaVersion, data: dict[str, Any]) -> None:
     """Raise SchemaInvalid listing each failing field by path, without echoing the (PHI) values."""
     validator = _validator(schema)
@@ -582,7 +642,8 @@ def _occurred_at(value: Any, parsed: Any) -> Any:
     if value:
         moment = parse_datetime(str(value))
         if moment is not None:
-            return moment
+            # Sources that send local times without an offset (X12 dates) mean the site's time zone.
+            return timezone.make_aware(moment) if timezone.is_naive(moment) else moment
     try:
         header_time = parsed.get("MSH-7.1")
     except Exception:  # a parsed message of another protocol has no MSH

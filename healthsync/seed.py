@@ -256,6 +256,46 @@ def schema_definitions() -> dict[str, dict[str, Any]]:
                 },
             },
         },
+        **{
+            event_type: {
+                "$schema": JSON_SCHEMA_DIALECT,
+                "title": event_type,
+                "type": "object",
+                "required": ["claim_id"],
+                "properties": {
+                    "claim_id": _NONEMPTY,
+                    "status_code": _STRING,
+                    "charge_amount": _DECIMAL,
+                    "paid_amount": _DECIMAL,
+                    "patient_responsibility": _DECIMAL,
+                    "trace_number": _STRING,
+                    "payment_date": _STRING,
+                    "adjustments": {"type": "array", "items": {"type": "object"}},
+                    "reasons": {"type": "array", "items": _STRING},
+                },
+            }
+            for event_type in (
+                "claim.submitted",
+                "claim.accepted",
+                "claim.rejected",
+                "claim.paid",
+                "claim.denied",
+                "claim.reversed",
+            )
+        },
+        "remittance.received": {
+            "$schema": JSON_SCHEMA_DIALECT,
+            "title": "remittance.received",
+            "type": "object",
+            "required": ["trace_number", "claim_count"],
+            "properties": {
+                "trace_number": _NONEMPTY,
+                "amount": _DECIMAL,
+                "payment_date": _STRING,
+                "claim_count": {"type": "integer", "minimum": 0},
+                "claims": {"type": "array", "items": _STRING},
+            },
+        },
     }
 
 

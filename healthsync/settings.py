@@ -149,6 +149,10 @@ STORAGES = {
     },
 }
 WHITENOISE_USE_FINDERS = not PRODUCTION
+if not PRODUCTION:
+    # Outside production the files are served from static/ through the finders; an empty STATIC_ROOT
+    # keeps whitenoise from warning on every process start. Production fills it with collectstatic.
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 # Production hardening; `manage.py check --deploy` is clean when DEBUG is off and HTTPS is on.
 _SECURE_DEFAULT = "true" if PRODUCTION else "false"
