@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from django.utils.safestring import SafeString, mark_safe
 
-from dashboards.selectors import ExceptionKindRow, WeeklyPoint
+from dashboards.selectors import AgeBandRow, ExceptionKindRow, WeeklyPoint
 
 BRAND = "#0b5cad"
 ACCENT = "#e07b00"
@@ -88,3 +88,21 @@ def to_div(fig: go.Figure) -> SafeString:
     )
     # Plotly writes the markup and JSON-encodes the data; figures hold computed numbers and fixed labels only.
     return mark_safe(html)  # noqa: S308
+
+
+def backlog_by_age_figure(rows: list[AgeBandRow]) -> go.Figure:
+    """Open exceptions per age band (bars) with the money they hold up in the hover text."""
+    fig = go.Figure(
+        go.Bar(
+            x=[row.band for row in rows],
+            y=[row.count for row in rows],
+            customdata=[float(row.amount) for row in rows],
+            marker_color=BRAND,
+            hovertemplate="%{x}: %{y} open, $%{customdata:,.2f} at risk<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        xaxis={"title": {"text": "Age since raised"}, "type": "category"},
+        yaxis={"title": {"text": "Open exceptions"}, "rangemode": "tozero"},
+    )
+    return _layout(fig, "Exception backlog by age")

@@ -7,4 +7,5 @@ from dashboards import views
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("tiles/", views.dashboard_tiles, name="dashboard_tiles"),
+    path("export.csv", views.export_csv, name="dashboard_export"),
 ]

@@ -21,6 +21,13 @@ PAGES: dict[str, set[str]] = {
     "/exceptions/{exception}/": {"board_member", "rcm_analyst", "engineer"},
     "/messages/": {"engineer"},
     "/messages/{message}/": {"engineer"},
+    "/dashboard/export.csv": {"board_member", "rcm_analyst", "executive", "engineer"},
+    "/workflows/runs/": {"rcm_analyst", "engineer"},
+    "/workflows/close/": {"rcm_analyst", "engineer"},
+    "/connectors/": {"board_member", "engineer"},
+    "/ops/": {"engineer"},
+    "/governance/": {"board_member", "rcm_analyst", "executive", "engineer"},
+    "/api-clients/": {"engineer"},
 }
 ACTIONS = ["assign", "comment", "resolve", "ignore", "retry", "resubmit"]
 WORKERS = {"rcm_analyst", "engineer"}

@@ -17,6 +17,7 @@ from tests import console_data
 
 HX = {"HTTP_HX_REQUEST": "true"}
 NOW = datetime(2025, 3, 31, 12, 0, tzinfo=UTC)
+RAISED = NOW - timedelta(hours=5)
 
 
 def test_percentile_interpolates_linearly() -> None:
@@ -81,11 +82,16 @@ def test_a_claim_before_its_discharge_is_left_out(db: None) -> None:
 
 
 def test_open_exceptions_by_kind_and_money_at_risk(db: None) -> None:
-    console_data.exception_item(kind=ExceptionKind.MISSING_DATA, amount=Decimal("100.00"))
+    console_data.exception_item(kind=ExceptionKind.MISSING_DATA, amount=Decimal("100.00"), created_at=RAISED)
     console_data.exception_item(
-        kind=ExceptionKind.MISSING_DATA, amount=Decimal("50.25"), status=ExceptionStatus.IN_PROGRESS
+        kind=ExceptionKind.MISSING_DATA,
+        amount=Decimal("50.25"),
+        status=ExceptionStatus.IN_PROGRESS,
+        created_at=RAISED,
     )
-    console_data.exception_item(kind=ExceptionKind.DESTINATION_DOWN, amount=Decimal("10.00"))
+    console_data.exception_item(
+        kind=ExceptionKind.DESTINATION_DOWN, amount=Decimal("10.00"), created_at=RAISED
+    )
     console_data.exception_item(
         kind=ExceptionKind.MISMATCH, amount=Decimal("999.00"), status=ExceptionStatus.RESOLVED
     )
@@ -154,7 +160,7 @@ def test_dashboard_page_uses_the_local_plotly_and_shows_the_definitions(
     assert "cdn.plot.ly" not in body
     assert "Claim lag" in body
     assert "for inpatient accounts (patient class I) the date of service is the" in body
-    assert body.count("Plotly.newPlot") == 3
+    assert body.count("Plotly.newPlot") == 4
     assert "&lt;div" not in body  # the figures are embedded as markup, not escaped into text
 
 
