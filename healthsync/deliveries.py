@@ -9,9 +9,13 @@ each atomic.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
@@ -34,11 +38,33 @@ OPERATION_LABELS = {
 
 def connector_for_operation(operation: str) -> Connector:
     """The enabled outbound connector whose config offers `operation`; raises Connector.DoesNotExist."""
-    for connector in Connector.objects.filter(direction=Direction.OUTBOUND, is_enabled=True).order_by("id"):
+    connectors = _CONNECTORS.get()
+    if connectors is None:
+        connectors = _outbound_connectors()
+    for connector in connectors:
         operations = (connector.config or {}).get("operations") or {}
         if isinstance(operations, dict) and operation in operations:
             return connector
     raise Connector.DoesNotExist(f"No enabled outbound connector offers the operation {operation!r}")
+
+
+def _outbound_connectors() -> list[Connector]:
+    return list(Connector.objects.filter(direction=Direction.OUTBOUND, is_enabled=True).order_by("id"))
+
+
+# Set for the length of a batch: the connectors are read once, like the mapping configuration, so a connector
+# enabled or disabled meanwhile counts from the next batch on.
+_CONNECTORS: ContextVar[list[Connector] | None] = ContextVar("healthsync_outbound_connectors", default=None)
+
+
+@contextmanager
+def connectors_snapshot() -> Iterator[None]:
+    """Within the block, connector_for_operation reads the enabled outbound connectors once."""
+    token = _CONNECTORS.set(_outbound_connectors())
+    try:
+        yield
+    finally:
+        _CONNECTORS.reset(token)
 
 
 def delivery_request(
@@ -52,9 +78,7 @@ def delivery_request(
     event: CanonicalEvent | None = None,
 ) -> Delivery:
     """Ask for an effect at a destination once: an existing delivery with this key is returned as it is."""
-    existing = Delivery.objects.filter(idempotency_key=idempotency_key).first()
-    if existing is not None:
-        return existing
+    # Insert first: a new key is the common case, and the unique key decides a repeat in the same round trip.
     try:
         with transaction.atomic():
             delivery = Delivery.objects.create(
@@ -73,15 +97,56 @@ def delivery_request(
 
 
 def schedule_delivery(delivery_id: int) -> None:
-    """Send after the surrounding transaction commits (never for a delivery that was rolled back)."""
-    transaction.on_commit(lambda: _enqueue(delivery_id))
+    """Send after the surrounding transaction commits (never for a delivery that was rolled back).
+
+    The deliveries one transaction asks for go out in one django-q2 task (`deliver_many`), not one each: every
+    delivery registers its own on-commit callback (so rolling back a savepoint drops only its own), and the
+    first of a group's callbacks to run enqueues its delivery with every one registered after it.
+    """
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        _enqueue([delivery_id])
+        return
+    group = getattr(connection, "_healthsync_deliveries", None)
+    if group is None or group.sent:
+        group = _DeliveryGroup()
+        connection._healthsync_deliveries = group
+    group.ids.append(delivery_id)
+    transaction.on_commit(functools.partial(group.send_from, len(group.ids) - 1))
 
 
-def _enqueue(delivery_id: int) -> None:
+class _DeliveryGroup:
+    """The deliveries scheduled since the last send on one connection, in order."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.sent = False
+
+    def send_from(self, index: int) -> None:
+        # Callbacks run in registration order, so the first one to run sends for the rest; an id whose
+        # savepoint was rolled back may ride along, and deliver() treats a missing delivery as nothing to do.
+        if self.sent:
+            return
+        self.sent = True
+        _enqueue(self.ids[index:])
+
+
+def _enqueue(delivery_ids: list[int]) -> None:
     from django_q.tasks import async_task
 
+    if not delivery_ids:
+        return
+    if len(delivery_ids) == 1:
+        delivery_id = delivery_ids[0]
+        async_task(
+            "healthsync.tasks.deliver", delivery_id, task_name=f"deliver-{delivery_id}", group="deliveries"
+        )
+        return
     async_task(
-        "healthsync.tasks.deliver", delivery_id, task_name=f"deliver-{delivery_id}", group="deliveries"
+        "healthsync.tasks.deliver_many",
+        list(delivery_ids),
+        task_name=f"deliver-{delivery_ids[0]}-{len(delivery_ids)}",
+        group="deliveries",
     )
 
 
@@ -93,6 +158,11 @@ def _claim(delivery_id: int) -> bool:
         .update(status=DeliveryStatus.SENDING, sent_at=now)
     )
     return claimed == 1
+
+
+def deliver_many(delivery_ids: list[int]) -> dict[int, str]:
+    """Send each delivery in turn (one commit's worth); returns each one's status afterwards."""
+    return {delivery_id: deliver(delivery_id) for delivery_id in delivery_ids}
 
 
 def deliver(delivery_id: int) -> str:

@@ -42,6 +42,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from healthsync.choices import ExceptionKind, ExceptionStatus, Lane, MessageStatus, VersionStatus
+from healthsync.deliveries import connectors_snapshot
 from healthsync.errors import MappingError, SchemaInvalid
 from healthsync.mapping import apply_rules, parse_hl7_datetime
 from healthsync.models import (
@@ -355,8 +356,9 @@ def process_batch(ids: Sequence[int], *, worker: str | None = None) -> int:
         return 0
     config = _Config.load()
     handled = 0
-    for start in range(0, len(ordered), CHUNK_SIZE):
-        handled += _process_chunk(ordered[start : start + CHUNK_SIZE], config, worker)
+    with connectors_snapshot():
+        for start in range(0, len(ordered), CHUNK_SIZE):
+            handled += _process_chunk(ordered[start : start + CHUNK_SIZE], config, worker)
     return handled
 
 
@@ -389,12 +391,33 @@ def _process_chunk(ids: list[int], config: _Config, worker: str | None) -> int:
                 message.error = ""
                 message.attempts += 1
                 message.processed_at = now
-            Message.objects.bulk_update(
-                done, ["status", "error", "attempts", "processed_at", "business_key", "message_type"]
-            )
+            _finish(done)
     for message in messages:
         logger.info("message %s %s", message.pk, message.status)
     return handled
+
+
+_FINISH_FIELDS = ["status", "error", "attempts", "processed_at", "business_key", "message_type"]
+
+
+def _finish(done: list[Message]) -> None:
+    """Store the outcome of a chunk's messages in one statement."""
+    if connection.vendor != "postgresql":
+        Message.objects.bulk_update(done, _FINISH_FIELDS)
+        return
+    # One UPDATE from arrays: bulk_update's CASE per column costs far more to plan on a 50-row chunk.
+    quote = connection.ops.quote_name
+    sql = (
+        f"UPDATE {quote(Message._meta.db_table)} AS m SET "  # noqa: S608 (identifiers from the model)
+        "status = v.status, error = v.error, attempts = v.attempts, processed_at = v.processed_at, "
+        "business_key = v.business_key, message_type = v.message_type "
+        "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::int[], %s::timestamptz[], %s::text[], "
+        "%s::text[]) AS v(id, status, error, attempts, processed_at, business_key, message_type) "
+        "WHERE m.id = v.id"
+    )
+    params = [[m.pk for m in done], *([getattr(m, name) for m in done] for name in _FINISH_FIELDS)]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def _process_one(message: Message, config: _Config) -> str | None:

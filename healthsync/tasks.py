@@ -22,6 +22,11 @@ def deliver(delivery_id: int) -> str:
     return deliveries.deliver(delivery_id)
 
 
+def deliver_many(delivery_ids: list[int]) -> dict[int, str]:
+    """Send the deliveries one transaction asked for, in order; returns each one's status afterwards."""
+    return deliveries.deliver_many(delivery_ids)
+
+
 def deliver_due() -> int:
     """Send the deliveries whose retry time has come."""
     return deliveries.deliver_due()

@@ -23,6 +23,9 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.contrib.postgres.expressions import ArraySubquery
+from django.db import connection
+from django.db.models import OuterRef
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -152,7 +155,9 @@ def on_discharged(event: CanonicalEvent) -> None:
     run = _run_for(event.subject)
     _merge_encounter(run, event)
     _step(run, "discharged", _when(event.data.get("discharged_at")) or event.occurred_at, event=event)
-    run.save()
+    if run.status in (RunStatus.COMPLETED, RunStatus.CANCELLED) or run.context.get("claim_delivery_id"):
+        run.save()
+    # Otherwise advance() saves the run whichever way it goes.
     advance(run, event=event)
 
 
@@ -160,7 +165,7 @@ def advance(run: WorkflowRun, *, event: CanonicalEvent | None = None, now: datet
     """Check the account and, once it is complete, ask the RCM for the claim (once)."""
     if run.status in (RunStatus.COMPLETED, RunStatus.CANCELLED) or run.context.get("claim_delivery_id"):
         return
-    if not run.steps.filter(step="discharged").exists():
+    if not _has_step(run, "discharged"):
         return
     missing = missing_requirements(run.context)
     if missing:
@@ -168,7 +173,7 @@ def advance(run: WorkflowRun, *, event: CanonicalEvent | None = None, now: datet
         return
     if run.status == RunStatus.BLOCKED and not _open_exceptions(run).exists():
         run.status = RunStatus.ACTIVE
-    if require_coding() and not run.steps.filter(step="coding_completed").exists():
+    if require_coding() and not _has_step(run, "coding_completed"):
         run.save()
         return
     hold_days = bill_hold_days()
@@ -265,7 +270,7 @@ def on_delivery(delivery: Delivery) -> None:
         run.context["claim_id"] = delivery.external_id
         _step(run, "claim_submitted", timezone.now(), delivery=delivery, note=delivery.external_id)
         _resolve_missing_data(run, f"Claim {delivery.external_id} submitted to the RCM.")
-        if run.amount <= 0 or run.steps.filter(step="accrual_posted").exists():
+        if run.amount <= 0 or _has_step(run, "accrual_posted"):
             _complete(run)
         run.save()
         if run.context.get("correction_pending"):
@@ -277,7 +282,7 @@ def on_delivery(delivery: Delivery) -> None:
             return
         run.context["journal_document_number"] = delivery.external_id
         _step(run, "accrual_posted", timezone.now(), delivery=delivery, note=delivery.external_id)
-        if run.steps.filter(step="claim_submitted").exists():
+        if _has_step(run, "claim_submitted"):
             _complete(run)
         run.save()
     elif delivery.operation == JOURNAL_OPERATION and ":cash:" in delivery.idempotency_key:
@@ -500,9 +505,11 @@ def on_discharge_cancelled(event: CanonicalEvent) -> None:
         WorkflowStep.objects.update_or_create(
             run=run, step="discharge_cancelled", defaults={"occurred_at": when, "event": event}
         )
+        _forget_steps(run)
         run.save()
         return
     run.steps.filter(step__in=["discharged", "bill_hold_released", "claim_ready"]).delete()
+    _forget_steps(run)
     WorkflowStep.objects.update_or_create(
         run=run, step="discharge_cancelled", defaults={"occurred_at": when, "event": event, "note": "A13"}
     )
@@ -825,12 +832,49 @@ def _raise(
 
 def _run_for(business_key: str) -> WorkflowRun:
     # The row lock orders concurrent events of one encounter (per business key ordering).
-    run, _ = WorkflowRun.objects.select_for_update().get_or_create(
-        workflow=WORKFLOW, business_key=business_key
-    )
+    runs = WorkflowRun.objects.select_for_update()
+    if connection.vendor == "postgresql":
+        # The recorded step names come with the locked row, in the same round trip.
+        names = WorkflowStep.objects.filter(run=OuterRef("pk")).values("step")
+        runs = runs.select_for_update(of=("self",)).annotate(known_step_names=ArraySubquery(names))
+    run, created = runs.get_or_create(workflow=WORKFLOW, business_key=business_key)
     if not isinstance(run.context, dict):
         run.context = {}
+    # The row lock makes this handler the only writer of the run's steps, so they can be known in memory.
+    loaded = getattr(run, "known_step_names", None)
+    if created:
+        setattr(run, _STEPS_ATTR, set())
+    elif loaded is not None:
+        setattr(run, _STEPS_ATTR, set(loaded))
+    else:
+        setattr(run, _STEPS_ATTR, _LOAD_STEPS)
     return run
+
+
+# A run loaded by _run_for carries the names of its recorded steps (read at first use), saving a query per
+# step check; any other run object is asked the database each time.
+_STEPS_ATTR = "_discharge_steps"
+_LOAD_STEPS = object()
+
+
+def _known_steps(run: WorkflowRun) -> set[str] | None:
+    steps = getattr(run, _STEPS_ATTR, None)
+    if steps is _LOAD_STEPS:
+        steps = set(run.steps.values_list("step", flat=True))
+        setattr(run, _STEPS_ATTR, steps)
+    return steps
+
+
+def _forget_steps(run: WorkflowRun) -> None:
+    if getattr(run, _STEPS_ATTR, None) is not None:
+        setattr(run, _STEPS_ATTR, _LOAD_STEPS)
+
+
+def _has_step(run: WorkflowRun, step: str) -> bool:
+    steps = _known_steps(run)
+    if steps is None:
+        return run.steps.filter(step=step).exists()
+    return step in steps
 
 
 def _merge_encounter(run: WorkflowRun, event: CanonicalEvent) -> None:
@@ -892,16 +936,29 @@ def _step(
     """Record a step once (the first time it is reached) and make it the run's current step."""
     if run.pk is None:
         run.save()
-    WorkflowStep.objects.get_or_create(
-        run=run,
-        step=step,
-        defaults={
-            "occurred_at": occurred_at or timezone.now(),
-            "event": event,
-            "delivery": delivery,
-            "note": note[:300],
-        },
-    )
+    steps = _known_steps(run)
+    if steps is None:
+        WorkflowStep.objects.get_or_create(
+            run=run,
+            step=step,
+            defaults={
+                "occurred_at": occurred_at or timezone.now(),
+                "event": event,
+                "delivery": delivery,
+                "note": note[:300],
+            },
+        )
+    elif step not in steps:
+        # No savepoint: the run's row lock rules out a concurrent insert of the same step.
+        WorkflowStep.objects.create(
+            run=run,
+            step=step,
+            occurred_at=occurred_at or timezone.now(),
+            event=event,
+            delivery=delivery,
+            note=note[:300],
+        )
+        steps.add(step)
     run.step = step
 
 
