@@ -19,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from connectors.simulators.background import BackgroundServer
+
 logger = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
@@ -31,7 +33,7 @@ def _outcome(code: str, diagnostics: str, severity: str = "error") -> dict[str, 
     }
 
 
-class FhirServerSimulator:
+class FhirServerSimulator(BackgroundServer):
     """Serves FHIR on host:port (0 picks a free port at start()); resources live in memory."""
 
     name = "fhir-server"
@@ -92,22 +94,6 @@ class FhirServerSimulator:
                 self._thread.join(timeout=5)
             self._server = None
             self._thread = None
-
-    def serve_forever(self) -> None:
-        self.start()
-        try:
-            while self._thread is not None and self._thread.is_alive():
-                self._thread.join(timeout=0.5)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.stop()
-
-    def __enter__(self) -> FhirServerSimulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # State the tests drive --------------------------------------------------------------------------------
 

@@ -10,12 +10,14 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from connectors.simulators.background import BackgroundServer
+
 logger = logging.getLogger(__name__)
 
 Reply = tuple[int, dict[str, Any] | list[Any]]
 
 
-class JsonSimulator:
+class JsonSimulator(BackgroundServer):
     """Serves `handle(method, path, headers, body)` on host:port; port 0 picks a free port at start()."""
 
     name = "simulator"
@@ -63,24 +65,6 @@ class JsonSimulator:
             self._thread.join(timeout=5)
         self._server = None
         self._thread = None
-
-    def serve_forever(self) -> None:
-        """Serve in the calling thread until interrupted (for a management command)."""
-        self.start()
-        try:
-            assert self._thread is not None
-            while self._thread.is_alive():
-                self._thread.join(timeout=0.5)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.stop()
-
-    def __enter__(self) -> JsonSimulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> Reply:
         return HTTPStatus.NOT_FOUND, problem("Not found", f"No resource at {path}", HTTPStatus.NOT_FOUND)

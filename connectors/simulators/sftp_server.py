@@ -18,6 +18,8 @@ from typing import Any
 
 import asyncssh
 
+from connectors.simulators.background import BackgroundServer
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,7 +38,7 @@ class _Auth(asyncssh.SSHServer):
         return username == self._username and password == self._password
 
 
-class SftpServer:
+class SftpServer(BackgroundServer):
     """Serves `root` over SFTP on host:port from a background thread with its own event loop."""
 
     def __init__(
@@ -131,24 +133,6 @@ class SftpServer:
         loop.close()
         self._thread = None
         self._loop = None
-
-    def serve_forever(self) -> None:
-        """Serve until interrupted (for a command or `python -m`)."""
-        self.start()
-        try:
-            assert self._thread is not None
-            while self._thread.is_alive():
-                self._thread.join(timeout=0.5)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.stop()
-
-    def __enter__(self) -> SftpServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def main() -> None:  # pragma: no cover - manual use: python -m connectors.simulators.sftp_server
