@@ -34,7 +34,6 @@ from healthsync.deliveries import connector_for_operation, delivery_request, del
 from healthsync.models import CanonicalEvent, Delivery, ExceptionItem
 from healthsync.registry import workflow_registry
 from workflows.models import WorkflowRun, WorkflowStep
-from workflows.runs import block_with_exception
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -974,7 +973,25 @@ def _raise_missing_data(run: WorkflowRun, missing: list[str], *, event: Canonica
         "payer": run.payer,
         "amount": run.amount,
     }
-    block_with_exception(run, kind=ExceptionKind.MISSING_DATA, fields=fields, event=event)
+    existing = (
+        ExceptionItem.objects.open()
+        .filter(workflow=WORKFLOW, business_key=run.business_key, kind=ExceptionKind.MISSING_DATA)
+        .first()
+    )
+    if existing is not None:
+        for name, value in fields.items():
+            setattr(existing, name, value)
+        existing.save()
+    else:
+        ExceptionItem.objects.create(
+            kind=ExceptionKind.MISSING_DATA,
+            workflow=WORKFLOW,
+            business_key=run.business_key,
+            event=event,
+            message=event.message if event is not None else None,
+            **fields,
+        )
+    run.status = RunStatus.BLOCKED
     run.save()
     logger.info("run %s blocked: %s missing", run.pk, len(missing))
 

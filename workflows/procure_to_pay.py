@@ -20,7 +20,7 @@ from healthsync.deliveries import connector_for_operation, delivery_request, del
 from healthsync.models import CanonicalEvent, Delivery, ExceptionItem
 from healthsync.registry import workflow_registry
 from workflows.models import WorkflowRun
-from workflows.runs import block_with_exception, record_step, run_for
+from workflows.runs import record_step, run_for
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -283,13 +283,26 @@ def _raise_mismatch(
         "payer": invoice.get("supplier", "")[:120],
         "amount": _amount(invoice.get("amount")),
     }
-    block_with_exception(
-        run,
-        kind=ExceptionKind.MISMATCH,
-        fields=fields,
-        event=event,
-        match={"detail__invoice_number": number},
+    existing = (
+        ExceptionItem.objects.open()
+        .filter(workflow=WORKFLOW, business_key=run.business_key, kind=ExceptionKind.MISMATCH)
+        .filter(detail__invoice_number=number)
+        .first()
     )
+    if existing is not None:
+        for name, value in fields.items():
+            setattr(existing, name, value)
+        existing.save()
+    else:
+        ExceptionItem.objects.create(
+            kind=ExceptionKind.MISMATCH,
+            workflow=WORKFLOW,
+            business_key=run.business_key,
+            event=event if event is not None and event.pk else None,
+            message=event.message if event is not None else None,
+            **fields,
+        )
+    run.status = RunStatus.BLOCKED
 
 
 def _resolve(run: WorkflowRun, number: str, note: str) -> None:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from django.utils import timezone
 
-from healthsync.choices import RunStatus
-from healthsync.models import CanonicalEvent, Delivery, ExceptionItem
+from healthsync.models import CanonicalEvent, Delivery
 from workflows.models import WorkflowRun, WorkflowStep
 
 
@@ -45,38 +43,3 @@ def record_step(
         },
     )
     run.step = step
-
-
-def block_with_exception(
-    run: WorkflowRun,
-    *,
-    kind: str,
-    fields: dict[str, Any],
-    event: CanonicalEvent | None = None,
-    match: dict[str, Any] | None = None,
-) -> ExceptionItem:
-    """Raise (or refresh the open one of) `kind` for the run's key and mark the run blocked (unsaved).
-
-    `match` narrows which open exception counts as the same one (e.g. one per invoice number).
-    """
-    existing = (
-        ExceptionItem.objects.open()
-        .filter(workflow=run.workflow, business_key=run.business_key, kind=kind, **(match or {}))
-        .first()
-    )
-    if existing is not None:
-        for name, value in fields.items():
-            setattr(existing, name, value)
-        existing.save()
-        item = existing
-    else:
-        item = ExceptionItem.objects.create(
-            kind=kind,
-            workflow=run.workflow,
-            business_key=run.business_key,
-            event=event if event is not None and event.pk else None,
-            message=event.message if event is not None else None,
-            **fields,
-        )
-    run.status = RunStatus.BLOCKED
-    return item
