@@ -40,10 +40,6 @@ def sims() -> Iterator[tuple]:
         yield pair
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="flaky in CI since 2026-11-27: the j/Enter keyboard step times out under -n 2 load; passes alone",
-)
 @pytest.mark.django_db(transaction=True)
 def test_a_revenue_cycle_user_fixes_missing_insurance_and_the_claim_goes_out(
     sims: tuple, rcm_analyst: User, live_server: object, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
