@@ -23,6 +23,9 @@ class Protocol(models.TextChoices):
     REST = "rest", "REST / JSON"
     FILE = "file", "Files / SFTP"
     X12 = "x12", "X12 5010"
+    SOAP = "soap", "SOAP web service"
+    DATABASE = "database", "Database (polled table)"
+    STREAM = "stream", "Event stream (NATS JetStream)"
 
 
 class Lane(models.TextChoices):
