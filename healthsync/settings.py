@@ -251,7 +251,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # django-q2 logs every enqueue and every task at INFO: too loud for the demo and for operators.
+        "django-q": {"level": os.getenv("Q_LOG_LEVEL", "WARNING")},
+    },
 }
 
 # Reference destinations of the discharge-to-bill skeleton (the simulators in the demo).
