@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from importlib import import_module
+
 from django.apps import AppConfig
 
 
@@ -15,6 +17,7 @@ class ConnectorsConfig(AppConfig):
         from connectors.rest.adapter import RestAdapter
         from connectors.soap.adapter import SoapAdapter
         from connectors.x12.adapter import X12Adapter
+        from healthsync.forms import config_forms
         from healthsync.jobs import JobSpec, register_job
         from healthsync.registry import connector_registry, reference_config
 
@@ -30,6 +33,8 @@ class ConnectorsConfig(AppConfig):
             JobSpec("fhir-poll", "connectors.fhir.tasks.poll_fhir_connectors", minutes=1, counter="polled")
         )
         register_job(JobSpec("files-poll", "connectors.files.poller.poll_all", minutes=1, counter="stored"))
+        for kind in ("hl7v2", "fhir", "rest", "files", "x12", "database", "soap"):
+            config_forms.register(import_module(f"connectors.{kind}.forms").config_form)
         register_job(
             JobSpec("database-poll", "connectors.database.poller.poll_all", minutes=1, counter="stored")
         )
