@@ -256,17 +256,17 @@ class SoapAdapter:
             _client, service = build_client(config, _password(connector), connector.timeout_seconds)
         except ConnectorError as exc:
             return False, exc.message
-        missing = [
-            str(spec.get("operation"))
-            for spec in (config.get("operations") or {}).values()
-            if isinstance(spec, dict) and not hasattr(service, str(spec.get("operation")))
-        ]
+        wanted = sorted(
+            {
+                str(spec.get("operation"))
+                for spec in (config.get("operations") or {}).values()
+                if isinstance(spec, dict)
+            }
+        )
+        missing = [name for name in wanted if not hasattr(service, name)]
         if missing:
             return False, f"The WSDL has no operation {', '.join(missing)}"
-        return (
-            True,
-            f"The WSDL loads and offers {', '.join(sorted({str(s.get('operation')) for s in (config.get('operations') or {}).values() if isinstance(s, dict)}))}",
-        )
+        return True, f"The WSDL loads and offers {', '.join(wanted)}"
 
 
 def _jsonable(value: Any) -> Any:
