@@ -25,7 +25,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from healthsync.choices import Direction, Protocol
+from healthsync.choices import Direction
+from healthsync.forms import config_forms, config_get, config_set, config_value, form_field, initial_value
 from healthsync.models import Connector, Delivery, Message
 from healthsync.registry import connector_registry
 from healthsync.secrets import MASK, SecretsUnreadable
@@ -36,28 +37,38 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Every credential a connector may hold, with the label the form shows. Adapters read them at send time.
+# Credentials the console knew before protocols declared their own (healthsync.forms.ConfigField kind
+# "secret"); kept so that a stored secret of any name can still be replaced or removed.
 SECRET_LABELS: dict[str, str] = {
     "api_key": "API key (auth type api_key)",
     "password": "Password (auth type basic)",
     "client_secret": "OAuth2 client secret (auth type oauth2)",
     "inbound_api_key": "Inbound API key (callers of the FHIR endpoint send it)",
 }
-SECRETS_BY_PROTOCOL: dict[str, tuple[str, ...]] = {
-    Protocol.REST: ("api_key", "password", "client_secret"),
-    Protocol.FHIR: ("inbound_api_key", "api_key", "password", "client_secret"),
-}
 # Where older configs kept a credential in plain JSON: moved into the secrets on save.
 _LEGACY_CONFIG_SECRETS = {"value": "api_key", "password": "password", "client_secret": "client_secret"}
+_LEGACY_LOCATION_SECRETS = {"password": "sftp_password", "private_key": "sftp_private_key"}
+_LOCATIONS = (("source",), ("destination",), ("file", "destination"))
+
+
+def _secret_labels() -> dict[str, str]:
+    labels = dict(SECRET_LABELS)
+    for declared in config_forms.all():
+        for spec in declared.secrets():
+            labels.setdefault(spec.path, spec.label)
+    return labels
 
 
 class ConnectorForm(forms.ModelForm):
-    """A connector's settings; config is JSON checked by the protocol's adapter, credentials are write-only."""
+    """A connector's settings: the protocol's declared fields (healthsync.forms.ConfigField), the whole
+    config as JSON for anything they do not cover, and write-only credentials. The adapter validates the
+    result (Connector.clean)."""
 
     config = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 14, "spellcheck": "false", "class": "code"}),
+        label="Advanced: settings as JSON",
+        widget=forms.Textarea(attrs={"rows": 10, "spellcheck": "false", "class": "code"}),
         required=False,
-        help_text="Protocol settings as JSON, checked by the protocol's adapter. Never put credentials here.",
+        help_text="Every setting as JSON; the fields above win where they were changed. Never put credentials here.",
     )
 
     class Meta:
@@ -88,8 +99,22 @@ class ConnectorForm(forms.ModelForm):
                 self.stored_secrets = instance.secrets
             except SecretsUnreadable:
                 self.secrets_unreadable = True
-        self.initial["config"] = json.dumps(instance.config or {}, indent=2, sort_keys=True)
-        for name, label in SECRET_LABELS.items():
+        config = instance.config or {}
+        self.initial["config"] = json.dumps(config, indent=2, sort_keys=True)
+        source = self.data if self.is_bound else self.initial
+        self.protocol = str(source.get("protocol") or instance.protocol or "")
+        self.direction = str(source.get("direction") or instance.direction or "")
+        declared = config_forms.get(self.protocol)
+        self.config_specs = [
+            spec
+            for spec in (declared.for_direction(self.direction) if declared else [])
+            if spec.kind != "secret"
+        ]
+        for spec in self.config_specs:
+            self.fields[spec.form_name] = form_field(spec)
+            self.initial[spec.form_name] = initial_value(spec, config_get(config, spec.path))
+        labels = _secret_labels()
+        for name, label in labels.items():
             is_set = name in self.stored_secrets
             self.fields[f"secret_{name}"] = forms.CharField(
                 label=label,
@@ -100,11 +125,26 @@ class ConnectorForm(forms.ModelForm):
                 help_text=f"{MASK}; a new value replaces it." if is_set else "Not set.",
             )
             self.fields[f"clear_{name}"] = forms.BooleanField(label="Remove", required=False)
+        if declared is not None:
+            self.secret_names = [spec.path for spec in declared.secrets(self.direction)]
+        else:
+            self.secret_names = list(labels) if not self.protocol else []
+        # A secret stored under a name the protocol no longer declares can still be removed.
+        self.secret_names += [n for n in self.stored_secrets if n not in self.secret_names and n in labels]
+
+    def connector_fields(self) -> list[Any]:
+        """The connector's own fields (not its settings or credentials), in form order."""
+        return [self[name] for name in self._meta.fields or () if name != "config"]
+
+    def config_sections(self) -> list[dict[str, Any]]:
+        """The declared fields grouped by section, in declaration order, for the template."""
+        sections: dict[str, list[Any]] = {}
+        for spec in self.config_specs:
+            sections.setdefault(spec.section or "Settings", []).append(self[spec.form_name])
+        return [{"title": title, "fields": fields} for title, fields in sections.items()]
 
     def secret_rows(self) -> list[dict[str, Any]]:
         """The secret inputs that apply to the chosen protocol (all of them while none is chosen)."""
-        protocol = self.data.get("protocol") if self.is_bound else self.instance.protocol
-        names = SECRETS_BY_PROTOCOL.get(str(protocol or ""), tuple(SECRET_LABELS) if not protocol else ())
         return [
             {
                 "name": name,
@@ -112,7 +152,7 @@ class ConnectorForm(forms.ModelForm):
                 "clear": self[f"clear_{name}"],
                 "is_set": name in self.stored_secrets,
             }
-            for name in names
+            for name in self.secret_names
         ]
 
     def clean_config(self) -> dict[str, Any]:
@@ -127,15 +167,62 @@ class ConnectorForm(forms.ModelForm):
             raise ValidationError("The settings must be a JSON object.")
         return value
 
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        config = cleaned.get("config")
+        if isinstance(config, dict):
+            # Only fields the person changed override the JSON, so an edit in the JSON box is not undone
+            # by the unchanged field showing the old value.
+            for spec in self.config_specs:
+                # A field absent from the post (a client sending the JSON alone) leaves the setting as is.
+                submitted = spec.form_name in self.data
+                if submitted and spec.form_name in self.changed_data and spec.form_name in cleaned:
+                    config_set(config, spec.path, config_value(spec, cleaned[spec.form_name]))
+            cleaned["config"] = config
+        return cleaned
+
+    def _update_errors(self, errors: ValidationError) -> None:
+        """Put the adapter's config errors next to the declared field they name, the rest on the JSON.
+
+        Overrides ModelForm's hook for model validation errors: Connector.clean reports them all under
+        "config" (the model knows no form fields)."""
+        by_field = getattr(errors, "error_dict", None)
+        if by_field and "config" in by_field:
+            unplaced = []
+            for error in by_field.pop("config"):
+                for message in error.messages:
+                    spec = self._spec_named_in(message)
+                    if spec is None:
+                        unplaced.append(message)
+                    else:
+                        super()._update_errors(ValidationError({spec.form_name: [message]}))
+            if unplaced:
+                by_field["config"] = [ValidationError(m) for m in unplaced]
+        super()._update_errors(errors)
+
+    def _spec_named_in(self, message: str) -> Any:
+        for spec in sorted(self.config_specs, key=lambda s: -len(s.path)):
+            for name in (spec.path, spec.path.rsplit(".", 1)[-1]):
+                if message.startswith((f"{name} ", f"{name}:", f"{name}.")):
+                    return spec
+        return None
+
     def new_secrets(self) -> dict[str, str]:
         """The secrets after this save: stored ones, replaced, cleared, plus any moved out of the config."""
         values = dict(self.stored_secrets)
-        auth = (self.cleaned_data.get("config") or {}).get("auth")
+        config = self.cleaned_data.get("config") or {}
+        auth = config.get("auth")
         if isinstance(auth, dict):
             for key, name in _LEGACY_CONFIG_SECRETS.items():
                 if auth.get(key):
                     values[name] = str(auth.pop(key))
-        for name in SECRET_LABELS:
+        for path in _LOCATIONS:
+            location = config_get(config, ".".join(path))
+            if isinstance(location, dict):
+                for key, name in _LEGACY_LOCATION_SECRETS.items():
+                    if location.get(key):
+                        values[name] = str(location.pop(key))
+        for name in _secret_labels():
             if self.cleaned_data.get(f"clear_{name}"):
                 values.pop(name, None)
             new = self.cleaned_data.get(f"secret_{name}") or ""
@@ -252,10 +339,20 @@ def connector_detail(request: HttpRequest, code: str) -> HttpResponse:
         secrets_unreadable = False
     except SecretsUnreadable:
         secret_names, secrets_unreadable = [], True
+    labels = _secret_labels()
+    declared = config_forms.get(connector.protocol)
+    specs = declared.for_direction(connector.direction) if declared else []
     context = {
         "connector": connector,
         "config_json": json.dumps(connector.config or {}, indent=2, sort_keys=True),
-        "secret_names": [(name, SECRET_LABELS.get(name, name)) for name in secret_names],
+        "config_facts": [
+            (spec.label, value)
+            for spec in specs
+            if spec.kind not in ("secret", "json")
+            and (value := initial_value(spec, config_get(connector.config or {}, spec.path)))
+            not in (None, "")
+        ],
+        "secret_names": [(name, labels.get(name, name)) for name in secret_names],
         "secrets_unreadable": secrets_unreadable,
         "health": connector_health(connector),
         "can_change": request.user.has_perm("healthsync.change_connector"),
@@ -299,7 +396,9 @@ def _edit(request: HttpRequest, connector: Connector | None) -> HttpResponse:
             return redirect("connector_detail", code=saved.code)
         status = 400
     else:
-        form = ConnectorForm(instance=instance)
+        # ?protocol=…&direction=… (the new-connector page's first step) shows that protocol's fields.
+        chosen = {k: request.GET[k] for k in ("protocol", "direction", "system") if request.GET.get(k)}
+        form = ConnectorForm(instance=instance, initial=chosen)
         status = 200
     context = {"form": form, "connector": connector, "protocols": connector_registry.protocols()}
     return render(request, "healthsync/connectors/edit.html", context, status=status)

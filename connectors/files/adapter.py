@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from connectors.files.layout import FileFormatError, read_records, validate_layout, write_records
 from connectors.files.poller import validate_source_config
-from connectors.files.transport import open_transport, validate_location
+from connectors.files.transport import connector_secrets, open_transport, validate_location
 from healthsync.choices import Direction, Protocol
 from healthsync.errors import ConnectorError
 from healthsync.registry import SendResult
@@ -73,10 +73,19 @@ def validate_destination(config: dict[str, Any]) -> list[str]:
     return [f"destination.{e}" for e in validate_location(config.get("destination"))]
 
 
-def write_file(config: dict[str, Any], name: str, data: bytes, *, timeout: float = 10.0) -> str:
-    """Write `data` as `name` at the config's destination, atomically; returns where it went."""
+def write_file(
+    config: dict[str, Any],
+    name: str,
+    data: bytes,
+    *,
+    timeout: float = 10.0,
+    secrets: dict[str, str] | None = None,
+) -> str:
+    """Write `data` as `name` at the config's destination, atomically; returns where it went.
+
+    `secrets` are the connector's (the SFTP password or key, transport.SFTP_SECRETS)."""
     destination = config["destination"]
-    with open_transport(destination, timeout=timeout) as transport:
+    with open_transport(destination, timeout=timeout, secrets=secrets) as transport:
         if not transport.exists(name):
             transport.write(name, data)
     return f"{destination.get('type', 'folder')}:{destination['path'].rstrip('/')}/{name}"
@@ -93,6 +102,23 @@ class FilesAdapter:
         if not isinstance(name, str) or "/" in name or not name.strip():
             errors.append("file_name must be a file name (no directories), e.g. gl-{date}-{key}.csv")
         return errors
+
+    def test_connection(self, connector: Connector) -> tuple[bool, str]:
+        """Open the source (inbound) or destination (outbound) folder and list it; nothing is moved."""
+        config = connector.config or {}
+        location = config.get("source" if connector.direction == Direction.INBOUND else "destination")
+        if validate_location(location):
+            return False, "The connector has no valid source/destination location"
+        try:
+            with open_transport(
+                location, timeout=connector.timeout_seconds, secrets=connector_secrets(connector)
+            ) as transport:
+                count = len(transport.list(""))
+        except ConnectorError as exc:
+            return False, exc.message
+        except OSError as exc:
+            return False, f"The folder cannot be listed: {exc.strerror or type(exc).__name__}"
+        return True, f"{location.get('type', 'folder')}:{location['path']} lists {count} files"
 
     def parse(self, raw: bytes) -> FileDocument:
         return FileDocument(_csv_records(raw))
@@ -122,7 +148,9 @@ class FilesAdapter:
         name = template.format(key=key, date=date.today().strftime("%Y%m%d"))
         if "/" in name or name.startswith("."):
             raise ConnectorError(f"{name!r} is not a plain file name", permanent=True)
-        where = write_file(config, name, data, timeout=connector.timeout_seconds)
+        where = write_file(
+            config, name, data, timeout=connector.timeout_seconds, secrets=connector_secrets(connector)
+        )
         return SendResult(
             response={"file": where, "records": len(records), "bytes": len(data)}, external_id=name
         )

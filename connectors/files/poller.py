@@ -3,7 +3,8 @@
 Inbound connector config (protocol file, or x12 for payer answers dropped as files)::
 
     {
-      "source": {"type": "folder", "path": "/data/payroll"},     # or an sftp location (transport.py)
+      "source": {"type": "folder", "path": "/data/payroll"},     # or an sftp location (transport.py);
+                                                                 # its password/key are connector secrets
       "pattern": "*.csv",
       "ready": "stable",          # stable: size and mtime equal across two looks settle_seconds apart
                                   # done_marker: NAME is ready once NAME.done exists (the marker is archived too)
@@ -36,7 +37,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from connectors.files.layout import FileFormatError, read_records, split_rows, validate_layout
-from connectors.files.transport import Entry, open_transport, validate_location
+from connectors.files.transport import Entry, connector_secrets, open_transport, validate_location
 from healthsync.choices import MessageStatus, Protocol
 from healthsync.ingest import InboundItem, store_messages
 
@@ -80,7 +81,9 @@ def poll_connector(
     """One pass over the connector's source; `sleep` waits between the two looks of the stable check."""
     config = connector.config or {}
     report = PollReport()
-    with open_transport(config["source"], timeout=connector.timeout_seconds) as transport:
+    with open_transport(
+        config["source"], timeout=connector.timeout_seconds, secrets=connector_secrets(connector)
+    ) as transport:
         for sub in (config.get("archive_dir", "archive"), config.get("error_dir", "error")):
             transport.makedirs(sub)
         ready = _ready_files(transport, config, sleep, report)

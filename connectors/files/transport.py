@@ -1,12 +1,17 @@
 """Where files live: a local folder or an SFTP server (asyncssh), behind one small synchronous interface.
 
     with open_transport({"type": "folder", "path": "/data/payroll"}) as t: ...
-    with open_transport({"type": "sftp", "host": "h", "port": 22, "username": "u", "password": "…",
-                         "host_key": "ssh-ed25519 AAAA…", "path": "/drop"}) as t: ...
+    with open_transport({"type": "sftp", "host": "h", "port": 22, "username": "u",
+                         "host_key": "ssh-ed25519 AAAA…", "path": "/drop"},
+                        secrets={"sftp_password": "…"}) as t: ...
 
 Paths given to a transport are relative to its root. `write` is atomic: a temporary dot-name, then a rename,
 so a reader polling the folder never sees half a file. The SFTP server's host key must be given (host_key,
 or known_hosts: a file): a connector never trusts whatever key answers.
+
+The SFTP password or private key is a connector secret (``sftp_password`` / ``sftp_private_key``, encrypted
+at rest, healthsync/secrets.py), never part of the config. Older configs that kept ``password`` or
+``private_key`` in the location still work; the console moves them into the secrets on the next save.
 """
 
 from __future__ import annotations
@@ -70,17 +75,41 @@ def validate_location(config: Any) -> list[str]:
             errors.append("port must be an integer between 1 and 65535")
         if not config.get("username"):
             errors.append("username is required for sftp")
-        if not (config.get("password") or config.get("private_key")):
-            errors.append("password or private_key is required for sftp")
         if not (config.get("host_key") or config.get("known_hosts")):
             errors.append("host_key (the server's public key) or known_hosts is required for sftp")
     return errors
 
 
-def open_transport(config: dict[str, Any], *, timeout: float = 10.0) -> FolderTransport | SftpTransport:
+# Which secret holds which credential of an SFTP location; the console renders one password input per name.
+SFTP_SECRETS = {"sftp_password": "password", "sftp_private_key": "private_key"}
+
+
+def open_transport(
+    config: dict[str, Any], *, timeout: float = 10.0, secrets: dict[str, str] | None = None
+) -> FolderTransport | SftpTransport:
+    """The location's transport; an SFTP login comes from `secrets` (or a legacy inline password/key)."""
     if config.get("type", "folder") == "sftp":
-        return SftpTransport(config, timeout=timeout)
+        login = dict(config)
+        for secret, key in SFTP_SECRETS.items():
+            if (secrets or {}).get(secret):
+                login[key] = (secrets or {})[secret]
+        if not (login.get("password") or login.get("private_key")):
+            raise ConnectorError(
+                f"sftp://{config.get('host')}: no sftp_password or sftp_private_key secret is set",
+                permanent=True,
+            )
+        return SftpTransport(login, timeout=timeout)
     return FolderTransport(config["path"])
+
+
+def connector_secrets(connector: Any) -> dict[str, str]:
+    """The connector's decrypted secrets; an unreadable store is a permanent error, not a crash."""
+    from healthsync.secrets import SecretsUnreadable
+
+    try:
+        return dict(connector.secrets)
+    except SecretsUnreadable as exc:
+        raise ConnectorError(f"{connector.code}: {exc}", permanent=True) from None
 
 
 class FolderTransport:
@@ -163,6 +192,7 @@ class SftpTransport:
             "known_hosts": known_hosts,
             "connect_timeout": self.timeout,
         }
+        # The login arrives merged from the connector's secrets (open_transport); it is never logged.
         if config.get("private_key"):
             options["client_keys"] = [asyncssh.import_private_key(str(config["private_key"]))]
             options["password"] = None

@@ -27,24 +27,35 @@ def server(tmp_path: Path) -> Iterator[SftpServer]:
         yield sftp
 
 
+def _location(server: SftpServer, path: str) -> dict[str, object]:
+    """The simulator's location without its password: that is a connector secret."""
+    location = server.connector_config(path)
+    del location["password"]
+    return location
+
+
 @pytest.mark.django_db
 def test_it_picks_payroll_files_up_over_sftp(server: SftpServer, tmp_path: Path) -> None:
     system = System.objects.create(code="payroll", name="Payroll")
-    connector = Connector.objects.create(
+    connector = Connector(
         system=system,
         code="payroll-sftp",
         name="Payroll SFTP drop",
         direction=Direction.INBOUND,
         protocol=Protocol.FILE,
         config={
-            "source": server.connector_config("/in"),
+            "source": _location(server, "/in"),
             "settle_seconds": 0,
             "layout": CSV_LAYOUT,
             "pattern": "*.csv",
             "message_type": "payroll_allocation",
         },
     )
+    connector.secrets = {"sftp_password": "s3cret"}
+    connector.save()
     assert FilesAdapter().validate_config(Direction.INBOUND, connector.config) == []
+    connector = Connector.objects.get(pk=connector.pk)  # the password comes back from the encrypted store
+    assert "s3cret" not in connector.secrets_token
     drop = tmp_path / "sftp" / "in"
     (drop / "jan.csv").write_bytes(PAYROLL)
     (drop / "bad.csv").write_bytes(b"nope\n")
@@ -65,11 +76,12 @@ def test_send_writes_atomically_over_sftp(server: SftpServer, tmp_path: Path) ->
         direction=Direction.OUTBOUND,
         protocol=Protocol.FILE,
         config={
-            "destination": server.connector_config("/out"),
+            "destination": _location(server, "/out"),
             "file_name": "gl-{key}.csv",
             "layout": CSV_LAYOUT,
         },
     )
+    connector.secrets = {"sftp_password": "s3cret"}
     records = [{"employee_id": "E1", "cost_center": "ICU", "amount": "5.00", "period_end": "2026-01-31"}]
     result = FilesAdapter().send(connector, Delivery(idempotency_key="k1", payload={"records": records}))
     out = tmp_path / "sftp" / "out"
@@ -97,3 +109,37 @@ def test_an_unreachable_server_is_a_transient_error(server: SftpServer) -> None:
     with pytest.raises(ConnectorError) as caught:
         SftpTransport(config, timeout=5)
     assert not caught.value.permanent
+
+
+def test_a_missing_sftp_secret_is_a_permanent_error_and_a_legacy_inline_password_still_works(
+    server: SftpServer, tmp_path: Path
+) -> None:
+    connector = Connector(
+        code="gl-sftp",
+        direction=Direction.OUTBOUND,
+        protocol=Protocol.FILE,
+        config={"destination": _location(server, "/out"), "layout": CSV_LAYOUT},
+    )
+    records = [{"employee_id": "E1", "cost_center": "ICU", "amount": "5.00", "period_end": "2026-01-31"}]
+    with pytest.raises(ConnectorError) as caught:
+        FilesAdapter().send(connector, Delivery(idempotency_key="k1", payload={"records": records}))
+    assert caught.value.permanent and "sftp_password" in caught.value.message
+    connector.config["destination"] = server.connector_config("/out")  # written before secrets existed
+    FilesAdapter().send(connector, Delivery(idempotency_key="k1", payload={"records": records}))
+    assert len(list((tmp_path / "sftp" / "out").iterdir())) == 1
+
+
+def test_test_connection_lists_the_sftp_folder(server: SftpServer) -> None:
+    connector = Connector(
+        code="payroll-sftp",
+        direction=Direction.INBOUND,
+        protocol=Protocol.FILE,
+        timeout_seconds=5,
+        config={"source": _location(server, "/in"), "layout": CSV_LAYOUT},
+    )
+    connector.secrets = {"sftp_password": "wrong"}
+    ok, detail = FilesAdapter().test_connection(connector)
+    assert not ok and "credentials" in detail
+    connector.secrets = {"sftp_password": "s3cret"}
+    ok, detail = FilesAdapter().test_connection(connector)
+    assert ok and detail == "sftp:/in lists 0 files"

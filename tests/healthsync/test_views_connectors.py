@@ -283,3 +283,148 @@ def test_a_breaker_whose_pause_is_over_shows_half_open(
     rest.save()
     body = client_for(engineer).get("/connectors/rcm-claims/health/", **HX).content.decode()
     assert "Half-open" in body and "None yet" in body
+
+
+# Per-protocol config forms ---------------------------------------------------------------------------
+
+
+def _form_page_fields(page: str) -> set[str]:
+    import re
+
+    return set(re.findall(r'name="((?:cfg|secret)_[a-z_]+)"', page))
+
+
+def test_every_registered_protocol_declares_a_config_form() -> None:
+    from healthsync.forms import config_forms
+    from healthsync.registry import connector_registry
+
+    assert set(connector_registry.protocols()) <= {form.protocol for form in config_forms.all()}
+
+
+@pytest.mark.parametrize(
+    ("protocol", "direction", "expected"),
+    [
+        ("hl7v2", "inbound", {"cfg_port", "cfg_tls_cert_file", "cfg_accepted_types"}),
+        ("rest", "outbound", {"cfg_base_url", "cfg_auth__type", "cfg_operations", "secret_client_secret"}),
+        ("file", "inbound", {"cfg_source__host", "cfg_source__host_key", "secret_sftp_password"}),
+        ("database", "inbound", {"cfg_table", "cfg_mark_column", "cfg_tiebreak_column", "secret_dsn"}),
+        ("soap", "outbound", {"cfg_wsdl", "cfg_endpoint", "cfg_operations", "secret_password"}),
+    ],
+)
+def test_the_new_connector_page_asks_for_the_chosen_protocols_settings(
+    client_for: Callable[[User], Client], engineer: User, protocol: str, direction: str, expected: set[str]
+) -> None:
+    page = client_for(engineer).get(f"/connectors/new/?protocol={protocol}&direction={direction}")
+    fields = _form_page_fields(page.content.decode())
+    assert expected <= fields
+    # Nothing of another protocol or the other direction.
+    assert "cfg_wsdl" not in fields or protocol == "soap"
+    assert "cfg_destination__path" not in fields
+
+
+def test_a_database_connector_is_created_from_its_fields_with_the_dsn_encrypted(
+    client_for: Callable[[User], Client], system: System, engineer: User
+) -> None:
+    dsn = "postgresql://reporter:pa55@reporting.example.org/epic"
+    data = _form(
+        system,
+        code="epic-adt-db",
+        protocol=Protocol.DATABASE,
+        direction=Direction.INBOUND,
+        config="{}",
+        cfg_table="reporting.adt_events",
+        cfg_columns="id, mrn , event",
+        cfg_mark_column="updated_at",
+        cfg_tiebreak_column="id",
+        cfg_batch_size="200",
+        cfg_query="",
+        secret_dsn=dsn,
+    )
+    response = client_for(engineer).post("/connectors/new/", data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    connector = Connector.objects.get(code="epic-adt-db")
+    assert connector.config == {
+        "table": "reporting.adt_events",
+        "columns": ["id", "mrn", "event"],
+        "mark_column": "updated_at",
+        "tiebreak_column": "id",
+        "batch_size": 200,
+    }
+    assert connector.secrets == {"dsn": dsn}
+    client = client_for(engineer)
+    for url in ("/connectors/epic-adt-db/edit/", "/connectors/epic-adt-db/"):
+        page = client.get(url).content.decode()
+        assert "pa55" not in page and "reporter" not in page
+    edit = client.get("/connectors/epic-adt-db/edit/").content.decode()
+    assert 'value="reporting.adt_events"' in edit and 'value="id, mrn, event"' in edit
+
+
+def test_an_adapter_error_is_shown_at_the_field_it_names(
+    client_for: Callable[[User], Client], system: System, engineer: User
+) -> None:
+    data = _form(
+        system,
+        code="erp-soap",
+        protocol=Protocol.SOAP,
+        config="{}",
+        cfg_wsdl="ftp://erp.example.org/x.wsdl",
+        cfg_operations=json.dumps({"post_journal": {"operation": "Submit_Accounting_Journal"}}),
+    )
+    response = client_for(engineer).post("/connectors/new/", data)
+    assert response.status_code == 400
+    form = response.context["form"]
+    assert form.errors["cfg_wsdl"] == ["wsdl must be an http:// or https:// URL"]
+    assert "config" not in form.errors
+    assert not Connector.objects.exists()
+
+
+def test_a_field_edit_wins_and_an_unchanged_field_keeps_a_json_edit(
+    client_for: Callable[[User], Client], rest: Connector, engineer: User
+) -> None:
+    client = client_for(engineer)
+    page = client.get("/connectors/rcm-claims/edit/")
+    form = page.context["form"]
+    data = {name: value for name, value in form.initial.items() if value is not None}
+    data = {**data, **{f.name: f.value() for f in form.connector_fields() if f.value() is not None}}
+    data["is_enabled"] = "on"
+    for field in form.config_sections()[0]["fields"] + form.config_sections()[1]["fields"]:
+        value = field.value()
+        data[field.html_name] = (
+            json.dumps(value) if isinstance(value, dict) else ("" if value is None else value)
+        )
+    # In the JSON box someone adds headers; in the fields, the base URL changes.
+    data["config"] = json.dumps({**REST_CONFIG, "headers": {"X-Tenant": "north"}})
+    data["cfg_base_url"] = "https://rcm.example.org/api"
+    data.pop("code", None)
+    response = client.post("/connectors/rcm-claims/edit/", data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    rest.refresh_from_db()
+    assert rest.config["base_url"] == "https://rcm.example.org/api"
+    assert rest.config["headers"] == {"X-Tenant": "north"}
+    assert rest.config["auth"] == {"type": "basic", "username": "healthsync"}
+    assert rest.secrets == {"password": "hunter2"}
+
+
+def test_an_sftp_password_left_in_the_config_moves_into_the_secrets(
+    client_for: Callable[[User], Client], system: System, engineer: User
+) -> None:
+    source = {
+        "type": "sftp",
+        "host": "drop",
+        "username": "payroll",
+        "password": "s3cret",
+        "host_key": "k",
+        "path": "/",
+    }
+    layout = {"format": "csv", "fields": [{"name": "amount"}]}
+    data = _form(
+        system,
+        code="payroll-drop",
+        protocol=Protocol.FILE,
+        direction=Direction.INBOUND,
+        config=json.dumps({"source": source, "layout": layout}),
+    )
+    assert client_for(engineer).post("/connectors/new/", data).status_code == 302
+    connector = Connector.objects.get(code="payroll-drop")
+    assert "password" not in connector.config["source"]
+    assert connector.secrets == {"sftp_password": "s3cret"}
