@@ -59,7 +59,7 @@ def test_a_database_error_in_a_handler_fails_only_its_message(monkeypatch: pytes
         WorkflowRun.objects.create(workflow="test", business_key=event.subject)
         if event.subject == "V2":
             with connection.cursor() as cursor:
-                cursor.execute("SELECT 1 / 0")  # aborts the transaction on PostgreSQL
+                cursor.execute("SELECT * FROM no_such_table")  # aborts the transaction on PostgreSQL
 
     monkeypatch.setitem(workflow_registry.event_handlers, "encounter.admitted", [handler])
     good1, bad, good2 = (store(hl7_builder.adt_a01(encounter_id=f"V{i}")) for i in (1, 2, 3))
