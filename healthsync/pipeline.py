@@ -10,9 +10,11 @@ only when no earlier message (lower id) with the same key is still waiting or be
 earlier waiting messages of that key are claimed with it, and a worker processes its batch in id order. So an
 A13 (cancel discharge) is never applied before the A03 it cancels, however many workers run.
 
-Processing. A batch is handled in chunks, one transaction per chunk and one savepoint per message: a message's
-event, the workflow changes it causes and its new status commit together or not at all, and one bad message
-never rolls back another. Bad data (unparseable bytes, missing required fields, a schema violation) fails the
+Processing. A batch is handled in chunks, one transaction per chunk: a message's event, the workflow changes
+it causes and its new status commit together or not at all, and one bad message never rolls back another. A
+chunk first runs without a savepoint per message (bad data is found before anything is written, and events,
+deliveries and runs are inserted with ON CONFLICT, so a repeat is no error); only when something fails after
+a write is the chunk rolled back and redone with one savepoint per message, which isolates the culprit. Bad data (unparseable bytes, missing required fields, a schema violation) fails the
 message with an exception item naming the fields; a bug fails it with the traceback kept for engineers. The
 active mapping versions, their rules and the compiled schema validators are read once per batch, so a newly
 activated version runs from the next batch on. A worker finishes only messages it still holds: a claim
