@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -156,7 +157,7 @@ def measure_processing(
 
     Keys: process_msgs_per_s (first claim → last message done), process_wall_msgs_per_s (including worker
     start-up), process_seconds, process_total, process_workers, process_events, process_failed,
-    process_deliveries, load_msgs_per_s.
+    process_deliveries, load_msgs_per_s, process_worker_cpu_ms_per_msg (the workers' CPU time per message).
     """
     if Message.objects.filter(status__in=[MessageStatus.RECEIVED, MessageStatus.PROCESSING]).exists():
         raise RuntimeError("the message store has waiting messages; measure on an idle database")
@@ -173,6 +174,7 @@ def measure_processing(
 
     manage = Path(settings.BASE_DIR) / "manage.py"
     env = {**os.environ, "LOG_LEVEL": "WARNING"}
+    cpu_before = _children_cpu_seconds()
     started = time.perf_counter()
     procs = [
         subprocess.Popen(
@@ -190,6 +192,8 @@ def measure_processing(
             if proc.poll() is None:
                 proc.kill()
     wall = time.perf_counter() - started
+    # The workers' own CPU (start-up included): unlike the rates, it hardly depends on what else the machine runs.
+    worker_cpu = _children_cpu_seconds() - cpu_before
 
     mine = Message.objects.filter(connector=connector, id__gte=first_id)
     window = mine.aggregate(first=Min("claimed_at"), last=Max("processed_at"))
@@ -208,10 +212,16 @@ def measure_processing(
         "process_events": CanonicalEvent.objects.filter(subject__startswith=f"{prefix}E").count(),
         "process_deliveries": Delivery.objects.filter(business_key__startswith=f"{prefix}E").count(),
         "load_msgs_per_s": round(total / load_seconds, 1) if load_seconds > 0 else 0.0,
+        "process_worker_cpu_ms_per_msg": round(worker_cpu / done * 1000, 2) if done else 0.0,
     }
     if cleanup:
         remove_bench_data(prefix, connector)
     return result
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def remove_bench_data(prefix: str, connector: Connector) -> None:

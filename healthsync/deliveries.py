@@ -19,12 +19,13 @@ from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from healthsync.choices import DeliveryStatus, Direction, ExceptionKind, ExceptionStatus
 from healthsync.errors import ConnectorError
+from healthsync.inserts import insert_if_new
 from healthsync.models import CanonicalEvent, Connector, Delivery, ExceptionItem
 from healthsync.registry import SendResult, connector_registry, workflow_registry
 
@@ -78,19 +79,18 @@ def delivery_request(
     event: CanonicalEvent | None = None,
 ) -> Delivery:
     """Ask for an effect at a destination once: an existing delivery with this key is returned as it is."""
-    # Insert first: a new key is the common case, and the unique key decides a repeat in the same round trip.
-    try:
-        with transaction.atomic():
-            delivery = Delivery.objects.create(
-                connector=connector,
-                operation=operation,
-                idempotency_key=idempotency_key,
-                payload=payload,
-                workflow=workflow,
-                business_key=business_key,
-                event=event,
-            )
-    except IntegrityError:
+    # Insert first: a new key is the common case, and the unique key decides a repeat in the same round trip
+    # (ON CONFLICT DO NOTHING: no savepoint, no error to recover from).
+    delivery = Delivery(
+        connector=connector,
+        operation=operation,
+        idempotency_key=idempotency_key,
+        payload=payload,
+        workflow=workflow,
+        business_key=business_key,
+        event=event,
+    )
+    if not insert_if_new(delivery):
         return Delivery.objects.get(idempotency_key=idempotency_key)
     schedule_delivery(delivery.pk)
     return delivery

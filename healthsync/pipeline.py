@@ -10,9 +10,11 @@ only when no earlier message (lower id) with the same key is still waiting or be
 earlier waiting messages of that key are claimed with it, and a worker processes its batch in id order. So an
 A13 (cancel discharge) is never applied before the A03 it cancels, however many workers run.
 
-Processing. A batch is handled in chunks, one transaction per chunk and one savepoint per message: a message's
-event, the workflow changes it causes and its new status commit together or not at all, and one bad message
-never rolls back another. Bad data (unparseable bytes, missing required fields, a schema violation) fails the
+Processing. A batch is handled in chunks, one transaction per chunk: a message's event, the workflow changes
+it causes and its new status commit together or not at all, and one bad message never rolls back another. A
+chunk first runs without a savepoint per message (bad data is found before anything is written, and events,
+deliveries and runs are inserted with ON CONFLICT, so a repeat is no error); only when something fails after
+a write is the chunk rolled back and redone with one savepoint per message, which isolates the culprit. Bad data (unparseable bytes, missing required fields, a schema violation) fails the
 message with an exception item naming the fields; a bug fails it with the traceback kept for engineers. The
 active mapping versions, their rules and the compiled schema validators are read once per batch, so a newly
 activated version runs from the next batch on. A worker finishes only messages it still holds: a claim
@@ -44,6 +46,7 @@ from django.utils.dateparse import parse_datetime
 from healthsync.choices import ExceptionKind, ExceptionStatus, Lane, MessageStatus, VersionStatus
 from healthsync.deliveries import connectors_snapshot
 from healthsync.errors import MappingError, SchemaInvalid
+from healthsync.inserts import insert_if_new
 from healthsync.mapping import apply_rules, parse_hl7_datetime
 from healthsync.models import (
     CanonicalEvent,
@@ -332,6 +335,11 @@ _VALIDATORS: dict[tuple[int, str], Any] = {}
 
 def _validator(schema: SchemaVersion) -> Any:
     """A compiled validator per schema version and content (compiling costs more than validating)."""
+    # The schema object lives for one batch (_Config): serialising its content once per batch, not once per
+    # message, keeps the cache key honest (an edited draft gets a new validator) at no cost per message.
+    remembered = getattr(schema, "_hs_validator", None)
+    if remembered is not None and remembered[0] is schema.json_schema:
+        return remembered[1]
     cache_key = (schema.pk or 0, json.dumps(schema.json_schema, sort_keys=True))
     validator = _VALIDATORS.get(cache_key)
     if validator is None:
@@ -342,6 +350,7 @@ def _validator(schema: SchemaVersion) -> Any:
         if len(_VALIDATORS) > 256:
             _VALIDATORS.clear()
         _VALIDATORS[cache_key] = validator
+    schema._hs_validator = (schema.json_schema, validator)  # type: ignore[attr-defined]
     return validator
 
 
@@ -368,7 +377,22 @@ def process_message(message_id: int) -> str:
     return Message.objects.filter(pk=message_id).values_list("status", flat=True).first() or ""
 
 
+class _RetryCarefully(Exception):
+    """A chunk's fast pass hit an error after writing: roll it back and redo it a savepoint per message."""
+
+
 def _process_chunk(ids: list[int], config: _Config, worker: str | None) -> int:
+    # The fast pass needs no savepoint per message (two round trips each): bad data is found before anything
+    # is written, and events are inserted with ON CONFLICT. Anything else that goes wrong (a bug, a database
+    # error in a workflow handler) rolls the whole chunk back, and the careful pass isolates the message.
+    try:
+        return _run_chunk(ids, config, worker, careful=False)
+    except _RetryCarefully as retry:
+        logger.info("chunk of %s messages redone message by message: %r", len(ids), retry.__cause__)
+        return _run_chunk(ids, config, worker, careful=True)
+
+
+def _run_chunk(ids: list[int], config: _Config, worker: str | None, *, careful: bool) -> int:
     handled = 0
     with transaction.atomic():
         query = Message.objects.filter(id__in=ids).select_related("connector__system").order_by("id")
@@ -381,7 +405,7 @@ def _process_chunk(ids: list[int], config: _Config, worker: str | None) -> int:
             ]
         done: list[Message] = []
         for message in messages:
-            status = _process_one(message, config)
+            status = _process_one(message, config) if careful else _process_fast(message, config)
             handled += 1
             if status is not None:
                 done.append(message)
@@ -420,13 +444,40 @@ def _finish(done: list[Message]) -> None:
         cursor.execute(sql, params)
 
 
+def _process_fast(message: Message, config: _Config) -> str | None:
+    """Process one message without a savepoint of its own; raises _RetryCarefully when the chunk must be redone."""
+    original = (message.business_key, message.message_type)
+    try:
+        status, events = _prepare(message, config)
+    except _BadData as bad:
+        # Nothing was written for this message: its failure can be recorded in the chunk's transaction.
+        message.business_key, message.message_type = original
+        try:
+            _record_failure(message, bad.kind, bad.reason, bad.detail, error=bad.reason)
+        except Exception as exc:
+            raise _RetryCarefully from exc
+        logger.info("message %s failed: %s", message.pk, bad.kind)
+        return None
+    except Exception as exc:  # a bug: the careful pass records it with its traceback
+        raise _RetryCarefully from exc
+    try:
+        _store(message, events)
+        message.status = status
+        if status == MessageStatus.PROCESSED and message.attempts:
+            _resolve_message_exceptions(message)
+    except Exception as exc:
+        raise _RetryCarefully from exc
+    return status
+
+
 def _process_one(message: Message, config: _Config) -> str | None:
     """Process one message in its own savepoint; None when it failed (its failure is already recorded)."""
     original = (message.business_key, message.message_type)
     for attempt in (1, 2):
         try:
             with transaction.atomic():
-                status = _process(message, config)
+                status, events = _prepare(message, config)
+                _store(message, events)
                 message.status = status
                 if status == MessageStatus.PROCESSED and message.attempts:
                     # A message that now goes through closes the exception its earlier failure opened.
@@ -438,7 +489,7 @@ def _process_one(message: Message, config: _Config) -> str | None:
             logger.info("message %s failed: %s", message.pk, bad.kind)
             return None
         except IntegrityError:
-            # Another worker emitted one of its events meanwhile: once more, it now finds the event stored.
+            # A workflow handler met a row another worker wrote meanwhile: once more, it now finds it stored.
             message.business_key, message.message_type = original
             if attempt == 1:
                 continue
@@ -464,7 +515,20 @@ def _fail_internal(message: Message) -> None:
     return None
 
 
-def _process(message: Message, config: _Config) -> str:
+@dataclass
+class _Ready:
+    """An event mapped and validated, not yet stored; `native` events name the message by their own subject."""
+
+    event: CanonicalEvent
+    native: bool = False
+
+
+def _prepare(message: Message, config: _Config) -> tuple[str, list[_Ready]]:
+    """Parse, map and validate: the message's new status and its events, nothing written yet.
+
+    Raises _BadData for content that cannot become events; every check happens here, before any write, so a
+    failing message leaves nothing behind.
+    """
     adapter = connector_registry.get(message.connector.protocol)
     try:
         parsed = adapter.parse(bytes(message.raw))
@@ -487,7 +551,7 @@ def _process(message: Message, config: _Config) -> str:
         # message; their adapter reads them out, and each is validated against its active schema as usual.
         native = getattr(adapter, "events", None)
         if native is None:
-            return MessageStatus.IGNORED
+            return MessageStatus.IGNORED, []
         try:
             specs = native(bytes(message.raw))
         except Exception as exc:
@@ -497,22 +561,31 @@ def _process(message: Message, config: _Config) -> str:
                 f"{message_type or 'Message'} #{message.pk} carries no events HealthSync can read: {reason}.",
                 {"stage": "events", "error": reason},
             ) from exc
-        for spec in specs:
-            event = _emit_native(message, spec, config)
-            if event is not None and not message.business_key:
-                message.business_key = event.subject
-        return MessageStatus.PROCESSED if specs else MessageStatus.IGNORED
-    for route in routes:
-        event = _emit(message, parsed, route, control_id, config)
-        if event is not None:
+        ready = [_Ready(_native_event(message, spec, config), native=True) for spec in specs]
+        return (MessageStatus.PROCESSED if specs else MessageStatus.IGNORED), ready
+    ready = [_Ready(_mapped_event(message, parsed, route, control_id, config)) for route in routes]
+    # The message is findable by the business key of its (last) event, even when that event was emitted before.
+    message.business_key = ready[-1].event.subject
+    return MessageStatus.PROCESSED, ready
+
+
+def _store(message: Message, ready: list[_Ready]) -> None:
+    """Insert each event not emitted before and route it to its workflows; a repeat is skipped."""
+    for item in ready:
+        event = item.event
+        # One round trip decides a repeat (a retry, a replay or a second copy): the unique key, not a look-up.
+        if not insert_if_new(event):
+            continue
+        if item.native and not message.business_key:
             message.business_key = event.subject
-    return MessageStatus.PROCESSED
+        for handler in workflow_registry.handlers_for(event.type):
+            handler(event)
 
 
-def _emit(
+def _mapped_event(
     message: Message, parsed: Any, route: _Route, control_id: str, config: _Config
-) -> CanonicalEvent | None:
-    """Map, validate and store one event, then route it; None when this event was already emitted."""
+) -> CanonicalEvent:
+    """Map and validate one event of a message (unsaved)."""
     mapping_set, version = route.mapping_set, route.version
     event_type = mapping_set.event_type
     label = f"{message.message_type or 'Message'} #{message.pk}"
@@ -563,19 +636,13 @@ def _emit(
         "account": data.get("account_number", ""),
         **(envelope.get("correlation") or {}),
     }
-    subject = str(envelope.get("subject") or data.get("encounter_id") or control_id)
-    idempotency_key = f"{system.code}:{event_type}:{control_id}"
-    if CanonicalEvent.objects.filter(idempotency_key=idempotency_key).exists():
-        # Already emitted (a retry, a replay or a second copy): keep the message findable by its business key.
-        message.business_key = subject
-        return None
-    event = CanonicalEvent.objects.create(
+    return CanonicalEvent(
         type=event_type,
         source=system.code,
-        subject=subject,
+        subject=str(envelope.get("subject") or data.get("encounter_id") or control_id),
         occurred_at=_occurred_at(envelope.get("occurred_at"), parsed),
         facility=str(envelope.get("facility") or data.get("facility") or "")[:80],
-        idempotency_key=idempotency_key,
+        idempotency_key=f"{system.code}:{event_type}:{control_id}",
         source_ref=control_id,
         correlation={key: value for key, value in correlation.items() if value},
         data=data,
@@ -583,13 +650,10 @@ def _emit(
         mapping_version=version,
         schema_version=schema,
     )
-    for handler in workflow_registry.handlers_for(event_type):
-        handler(event)
-    return event
 
 
-def _emit_native(message: Message, spec: dict[str, Any], config: _Config) -> CanonicalEvent | None:
-    """Store and route one event an adapter read out of a standard transaction; None when already emitted."""
+def _native_event(message: Message, spec: dict[str, Any], config: _Config) -> CanonicalEvent:
+    """Validate one event an adapter read out of a standard transaction (unsaved)."""
     event_type = str(spec["type"])
     data = dict(spec.get("data") or {})
     schema = config.schemas.get(event_type)
@@ -610,24 +674,18 @@ def _emit_native(message: Message, spec: dict[str, Any], config: _Config) -> Can
             + ".",
             {"stage": "schema", "event_type": event_type, "errors": exc.errors},
         ) from exc
-    idempotency_key = str(spec["idempotency_key"])
-    if CanonicalEvent.objects.filter(idempotency_key=idempotency_key).exists():
-        return None
-    event = CanonicalEvent.objects.create(
+    return CanonicalEvent(
         type=event_type,
         source=message.connector.system.code,
         subject=str(spec.get("subject") or "")[:200],
         occurred_at=_occurred_at(spec.get("occurred_at"), None),
-        idempotency_key=idempotency_key,
+        idempotency_key=str(spec["idempotency_key"]),
         source_ref=str(spec.get("source_ref") or message.control_id)[:200],
         correlation={key: value for key, value in (spec.get("correlation") or {}).items() if value},
         data=data,
         message=message,
         schema_version=schema,
     )
-    for handler in workflow_registry.handlers_for(event_type):
-        handler(event)
-    return event
 
 
 def validate_event_data(schema: SchemaVersion, data: dict[str, Any]) -> None:
@@ -678,29 +736,33 @@ def _fail(message: Message, kind: str, reason: str, detail: dict[str, Any], *, e
     """Record a failure in the chunk's transaction, in a savepoint so a fault here spares the other messages."""
     try:
         with transaction.atomic():
-            message.status = MessageStatus.FAILED
-            message.error = error
-            message.attempts += 1
-            message.processed_at = timezone.now()
-            message.save(update_fields=["status", "error", "attempts", "processed_at", "message_type"])
-            # One open exception per failing message: a retry that fails again refreshes it.
-            existing = ExceptionItem.objects.open().filter(message=message).first()
-            if existing is not None:
-                existing.kind = kind
-                existing.reason = reason
-                existing.detail = detail
-                existing.save(update_fields=["kind", "reason", "detail", "updated_at"])
-                return
-            ExceptionItem.objects.create(
-                kind=kind,
-                reason=reason,
-                detail=detail,
-                business_key=message.business_key or message.sequence_key or message.control_id,
-                message=message,
-            )
+            _record_failure(message, kind, reason, detail, error=error)
     except Exception:
         # Left in processing: the stale-claim release brings it back rather than losing it.
         logger.exception("message %s: could not record its failure", message.pk)
+
+
+def _record_failure(message: Message, kind: str, reason: str, detail: dict[str, Any], *, error: str) -> None:
+    message.status = MessageStatus.FAILED
+    message.error = error
+    message.attempts += 1
+    message.processed_at = timezone.now()
+    message.save(update_fields=["status", "error", "attempts", "processed_at", "message_type"])
+    # One open exception per failing message: a retry that fails again refreshes it.
+    existing = ExceptionItem.objects.open().filter(message=message).first()
+    if existing is not None:
+        existing.kind = kind
+        existing.reason = reason
+        existing.detail = detail
+        existing.save(update_fields=["kind", "reason", "detail", "updated_at"])
+        return
+    ExceptionItem.objects.create(
+        kind=kind,
+        reason=reason,
+        detail=detail,
+        business_key=message.business_key or message.sequence_key or message.control_id,
+        message=message,
+    )
 
 
 def _resolve_message_exceptions(message: Message) -> None:

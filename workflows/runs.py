@@ -6,15 +6,21 @@ from datetime import datetime
 
 from django.utils import timezone
 
+from healthsync.inserts import insert_if_new
 from healthsync.models import CanonicalEvent, Delivery
 from workflows.models import WorkflowRun, WorkflowStep
 
 
 def run_for(workflow: str, business_key: str) -> WorkflowRun:
     """The run of `workflow` for `business_key`, created if new; the row lock orders events of one key."""
-    run, _ = WorkflowRun.objects.select_for_update().get_or_create(
-        workflow=workflow, business_key=business_key
-    )
+    runs = WorkflowRun.objects.select_for_update()
+    run = runs.filter(workflow=workflow, business_key=business_key).first()
+    if run is None:
+        # A new run: the inserted row is this transaction's until it commits (as good as locked); a run another
+        # worker inserted meanwhile is read, locked, once its insert commits. No savepoint either way.
+        run = WorkflowRun(workflow=workflow, business_key=business_key)
+        if not insert_if_new(run):
+            run = runs.get(workflow=workflow, business_key=business_key)
     if not isinstance(run.context, dict):
         run.context = {}
     return run

@@ -27,6 +27,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--latency-rate", type=float, default=500.0, help="Offered msgs/s for latency.")
         parser.add_argument(
+            "--latency-workers", type=int, default=2, help="Worker processes running during the latency run."
+        )
+        parser.add_argument(
             "--listener-processes", type=int, default=None, help="Passed to mllp_listener --processes."
         )
         # Internal: the worker the latency measurement runs beside the listener.
@@ -51,6 +54,7 @@ class Command(BaseCommand):
                 skip_latency=options["skip_latency"],
                 process_total=options["process_total"],
                 latency_rate=options["latency_rate"],
+                latency_workers=options["latency_workers"],
                 listener_args=extra,
                 log=lambda text: print(f"benchmark: {text}", file=sys.stderr, flush=True),
             )
