@@ -1,4 +1,5 @@
-"""Operations alerts: a connector gone quiet in its expected hours, a queue above its threshold or growing.
+"""Operations alerts: a connector gone quiet in its expected hours, a queue above its threshold or growing
+(higher at each of the last N minutes' rollups than the minute before).
 
 The `ops-alerts` job (every minute) calls `alerts_evaluate()`: it raises an alert the first time a condition
 holds, keeps it up to date while it lasts, and clears it when it ends; an engineer may acknowledge an open
@@ -53,7 +54,9 @@ class AlertThresholds:
 def _non_negative_int(config: dict[str, Any], key: str, default: int) -> int:
     value = config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise AlertConfigError(f'alerts["{key}"] must be a whole number ≥ 0 (0 switches it off), got {value!r}')
+        raise AlertConfigError(
+            f'alerts["{key}"] must be a whole number ≥ 0 (0 switches it off), got {value!r}'
+        )
     return value
 
 
@@ -135,11 +138,11 @@ def _findings(
 
 
 def _growing(depths: list[int], minutes: int) -> bool:
-    """Whether the last `minutes` + 1 samples never fall and end higher than they start."""
+    """Whether each of the last `minutes` + 1 samples is higher than the one before."""
     if len(depths) < minutes + 1:
         return False
     window = depths[-(minutes + 1) :]
-    return window[-1] > window[0] and all(b >= a for a, b in zip(window, window[1:], strict=False))
+    return all(b > a for a, b in zip(window, window[1:], strict=False))
 
 
 def _depth_histories(minutes: int, now: datetime) -> dict[int, list[int]]:
@@ -212,7 +215,10 @@ def alerts_evaluate(*, now: datetime | None = None) -> dict[str, Any]:
             if cleared:
                 counts["cleared"] += 1
                 logger.info(
-                    "ops alert cleared: connector=%s kind=%s alert=%s", alert.connector.code, alert.kind, alert.pk
+                    "ops alert cleared: connector=%s kind=%s alert=%s",
+                    alert.connector.code,
+                    alert.kind,
+                    alert.pk,
                 )
     counts["open"] = ConnectorAlert.objects.filter(state__in=OPEN_ALERT_STATES).count()
     return {**counts, "bad_config": bad_config}

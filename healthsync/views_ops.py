@@ -15,10 +15,17 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from healthsync.alerts import alert_acknowledge, open_alerts
-
 from healthsync.audit import record_phi_access
 from healthsync.choices import AlertState, Direction, Lane, MessageStatus
-from healthsync.models import Connector, ConnectorAlert, Message, PruneRun, ReplayRequest, RetentionPolicy, SyncJobRun
+from healthsync.models import (
+    Connector,
+    ConnectorAlert,
+    Message,
+    PruneRun,
+    ReplayRequest,
+    RetentionPolicy,
+    SyncJobRun,
+)
 from healthsync.replay import REPLAYABLE_STATUSES, message_edit_and_replay, message_filter, message_replay
 from healthsync.retention import (
     PRUNABLE_STATUSES,
@@ -137,7 +144,9 @@ def ops_home(request: HttpRequest) -> HttpResponse:
 @require_GET
 def alert_list(request: HttpRequest) -> HttpResponse:
     """Every alert, newest first, filtered by state: open ones to act on, cleared ones as history."""
-    alerts = ConnectorAlert.objects.select_related("connector", "acknowledged_by").order_by("-raised_at", "-id")
+    alerts = ConnectorAlert.objects.select_related("connector", "acknowledged_by").order_by(
+        "-raised_at", "-id"
+    )
     state = request.GET.get("state", "")
     if state in AlertState.values:
         alerts = alerts.filter(state=state)

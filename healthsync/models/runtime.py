@@ -201,7 +201,9 @@ class ConnectorAlert(models.Model):
     value = models.FloatField(help_text="What was measured: minutes quiet or queue depth.")
     threshold = models.FloatField(help_text="The threshold in force when the alert was raised.")
     raised_at = models.DateTimeField(default=timezone.now)
-    last_seen_at = models.DateTimeField(default=timezone.now, help_text="Last check that found the condition.")
+    last_seen_at = models.DateTimeField(
+        default=timezone.now, help_text="Last check that found the condition."
+    )
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
