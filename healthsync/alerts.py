@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 from django.conf import settings
@@ -124,7 +125,7 @@ def _findings(
                 f"Queue depth {line.queue_depth} above {thresholds.queue_depth}",
             )
         )
-    if thresholds.growth_minutes and _growing(depth_history + [line.queue_depth], thresholds.growth_minutes):
+    if thresholds.growth_minutes and _growing([*depth_history, line.queue_depth], thresholds.growth_minutes):
         start = depth_history[-thresholds.growth_minutes]
         found.append(
             Finding(
@@ -142,7 +143,7 @@ def _growing(depths: list[int], minutes: int) -> bool:
     if len(depths) < minutes + 1:
         return False
     window = depths[-(minutes + 1) :]
-    return all(b > a for a, b in zip(window, window[1:], strict=False))
+    return all(b > a for a, b in pairwise(window))
 
 
 def _depth_histories(minutes: int, now: datetime) -> dict[int, list[int]]:
