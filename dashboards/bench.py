@@ -12,7 +12,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from django.contrib.auth.models import Group, User
@@ -39,10 +39,8 @@ def _pages() -> dict[str, tuple[str, str, dict[str, str]]]:
         "dashboard_ops_ms": (INTEGRATION_ENGINEER, reverse("ops_home"), {}),
         "dashboard_ops_alerts_ms": (INTEGRATION_ENGINEER, reverse("ops_alert_list"), {}),
     }
-    try:
+    with suppress(NoReverseMatch):
         pages["dashboard_drilldown_ms"] = (EXECUTIVE, reverse("dashboard_drill", args=[DRILL_TABLE]), {})
-    except NoReverseMatch:
-        pass
     return pages
 
 
