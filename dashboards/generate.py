@@ -167,7 +167,7 @@ class Generator:
         self.span_seconds = (now - self.start).total_seconds()
         self.random = random.Random(seed)
         # One tag per generation keeps keys unique if it is run twice on one database.
-        self.tag = f"{seed:x}{int(now.timestamp()):x}"
+        self.tag = uuid.uuid4().hex[:8]
         # Event ids: a fresh random high part per generation, a counter below it (ordered inserts into the index).
         self.uuid_base = uuid.uuid4().int & ~((1 << 40) - 1)
         self.facilities = _weighted(FACILITIES)
