@@ -627,3 +627,10 @@ def _processing_rate(total: int, notes: list[str], result: dict[str, Any]) -> fl
         return round(float(rate), 1)
     notes.append("process_msgs_per_s is null: measure_processing returned no rate")
     return None
+
+
+def dashboard_benchmark(*, requests: int = 10) -> dict[str, Any]:
+    """Page timings of the dashboards (`benchmark --dashboards`); lives in dashboards/bench.py."""
+    from dashboards.bench import run_dashboard_benchmark  # the core reaches into the app only when asked
+
+    return run_dashboard_benchmark(requests=requests)

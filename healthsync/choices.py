@@ -172,3 +172,22 @@ class ApiScope(models.TextChoices):
     EXCEPTIONS_READ = "exceptions:read", "Exceptions: read"
     EXCEPTIONS_WRITE = "exceptions:write", "Exceptions: assign, comment, resolve, retry"
     KPIS_READ = "kpis:read", "KPIs: read"
+
+
+class AlertKind(models.TextChoices):
+    """What an operations alert watches on a connector."""
+
+    QUIET = "quiet", "Connector quiet"
+    QUEUE_DEPTH = "queue_depth", "Queue above threshold"
+    QUEUE_GROWING = "queue_growing", "Queue growing"
+
+
+class AlertState(models.TextChoices):
+    """An operations alert's life: raised by the check, acknowledged by an engineer, cleared by the check."""
+
+    RAISED = "raised", "Raised"
+    ACKNOWLEDGED = "acknowledged", "Acknowledged"
+    CLEARED = "cleared", "Cleared"
+
+
+OPEN_ALERT_STATES = (AlertState.RAISED, AlertState.ACKNOWLEDGED)

@@ -278,3 +278,12 @@ register_job(
         description="Roll up per-connector traffic and latency per minute for the operations page.",
     )
 )
+register_job(
+    JobSpec(
+        "ops-alerts",
+        "healthsync.alerts.alerts_job",
+        minutes=1,
+        timeout_seconds=300,
+        description="Raise and clear operations alerts: connectors gone quiet, queues deep or growing.",
+    )
+)

@@ -55,6 +55,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
     EXECUTIVE: [
         *_GOVERNANCE_READ,
         "workflows.view_kpis",
+        "healthsync.view_connectoralert",
     ],
     INTEGRATION_ENGINEER: [
         *_CONFIG_VIEW,
@@ -86,6 +87,8 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "healthsync.view_apiclient",
         "healthsync.add_apiclient",
         "healthsync.change_apiclient",
+        "healthsync.view_connectoralert",
+        "healthsync.change_connectoralert",
     ],
 }
 

@@ -130,10 +130,16 @@ def rollup(
                 delivery_p95_ms=percentile(bucket["delivery"], 0.95),
             )
         )
-    if rows:
-        ConnectorMetric.objects.bulk_create(
-            rows, update_conflicts=True, unique_fields=["connector", "minute"], update_fields=_FIELDS
-        )
+    # Queue depth is a snapshot taken in its own minute: recomputing earlier minutes must keep theirs (the
+    # queue-growth alert reads that history), so only the current minute's rows update it.
+    for batch, fields in (
+        ([r for r in rows if r.minute == current], _FIELDS),
+        ([r for r in rows if r.minute != current], [f for f in _FIELDS if f != "queue_depth"]),
+    ):
+        if batch:
+            ConnectorMetric.objects.bulk_create(
+                batch, update_conflicts=True, unique_fields=["connector", "minute"], update_fields=fields
+            )
     return len(rows)
 
 

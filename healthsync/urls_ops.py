@@ -8,6 +8,9 @@ from healthsync import views_ops
 
 urlpatterns = [
     path("", views_ops.ops_home, name="ops_home"),
+    path("alerts/", views_ops.alert_list, name="ops_alert_list"),
+    path("alerts/badge/", views_ops.alert_badge, name="ops_alert_badge"),
+    path("alerts/<int:pk>/acknowledge/", views_ops.alert_acknowledge_view, name="ops_alert_acknowledge"),
     path("jobs/", views_ops.job_runs, name="ops_job_runs"),
     path("jobs/<int:pk>/", views_ops.job_run_detail, name="ops_job_run_detail"),
     path("retention/", views_ops.retention, name="ops_retention"),

@@ -11,11 +11,21 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from healthsync.alerts import alert_acknowledge, open_alerts
 from healthsync.audit import record_phi_access
-from healthsync.choices import Direction, Lane, MessageStatus
-from healthsync.models import Connector, Message, PruneRun, ReplayRequest, RetentionPolicy, SyncJobRun
+from healthsync.choices import AlertState, Direction, Lane, MessageStatus
+from healthsync.models import (
+    Connector,
+    ConnectorAlert,
+    Message,
+    PruneRun,
+    ReplayRequest,
+    RetentionPolicy,
+    SyncJobRun,
+)
 from healthsync.replay import REPLAYABLE_STATUSES, message_edit_and_replay, message_filter, message_replay
 from healthsync.retention import (
     PRUNABLE_STATUSES,
@@ -124,8 +134,58 @@ def ops_home(request: HttpRequest) -> HttpResponse:
         "lanes": [(label, lanes.get(value, 0)) for value, label in Lane.choices],
         "recent_runs": SyncJobRun.objects.order_by("-created_at")[:5],
         "can_view_jobs": request.user.has_perm("healthsync.view_syncjobrun"),
+        "alerts": open_alerts() if request.user.has_perm("healthsync.view_connectoralert") else None,
     }
     return render_htmx(request, "healthsync/ops/overview.html", "connectors", context)
+
+
+@login_required
+@permission_required("healthsync.view_connectoralert", raise_exception=True)
+@require_GET
+def alert_list(request: HttpRequest) -> HttpResponse:
+    """Every alert, newest first, filtered by state: open ones to act on, cleared ones as history."""
+    alerts = ConnectorAlert.objects.select_related("connector", "acknowledged_by").order_by(
+        "-raised_at", "-id"
+    )
+    state = request.GET.get("state", "")
+    if state in AlertState.values:
+        alerts = alerts.filter(state=state)
+    context = {
+        "page": paginate(request, alerts),
+        "state": state,
+        "states": AlertState.choices,
+        "querystring": querystring_without_page(request),
+    }
+    return render_htmx(request, "healthsync/ops/alerts.html", "results", context)
+
+
+@login_required
+@permission_required("healthsync.change_connectoralert", raise_exception=True)
+@require_POST
+def alert_acknowledge_view(request: HttpRequest, pk: int) -> HttpResponse:
+    alert = get_object_or_404(ConnectorAlert, pk=pk)
+    if alert_acknowledge(alert=alert, actor=request.user):
+        flash.success(request, f"Alert #{alert.pk} acknowledged.")
+    else:
+        flash.info(request, f"Alert #{alert.pk} was already acknowledged or has cleared.")
+    # Back to the page the button was on (the overview or the list), never to another site.
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return redirect(target)
+    return redirect("ops_alert_list")
+
+
+@login_required
+@permission_required("healthsync.view_connectoralert", raise_exception=True)
+@require_GET
+def alert_badge(request: HttpRequest) -> HttpResponse:
+    """The header's open-alert count (loaded by htmx so ordinary pages pay nothing for it)."""
+    alerts = open_alerts()
+    response = render(request, "healthsync/ops/_alert_badge.html", {"alerts": alerts})
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @login_required

@@ -26,6 +26,8 @@ PAGES: dict[str, set[str]] = {
     "/workflows/close/": {"rcm_analyst", "engineer"},
     "/connectors/": {"board_member", "engineer"},
     "/ops/": {"engineer"},
+    "/ops/alerts/": {"executive", "engineer"},
+    "/ops/alerts/badge/": {"executive", "engineer"},
     "/governance/": {"board_member", "rcm_analyst", "executive", "engineer"},
     "/api-clients/": {"engineer"},
 }

@@ -11,6 +11,7 @@ from rest_framework.routers import SimpleRouter
 
 from dashboards.api.views import KpiView
 from healthsync.api import views
+from healthsync.api.alerts import ConnectorAlertViewSet
 from healthsync.api.changes import ChangeRequestViewSet
 from healthsync.api.problems import problem_not_found
 from workflows.api.views import ExceptionItemViewSet, WorkflowRunViewSet
@@ -27,6 +28,7 @@ router.register("events", views.CanonicalEventViewSet, basename="event")
 router.register("workflow-runs", WorkflowRunViewSet, basename="workflowrun")
 router.register("exceptions", ExceptionItemViewSet, basename="exception")
 router.register("change-requests", ChangeRequestViewSet, basename="changerequest")
+router.register("ops-alerts", ConnectorAlertViewSet, basename="opsalert")
 
 v1 = [*router.urls, path("kpis/", KpiView.as_view(), name="kpis")]
 

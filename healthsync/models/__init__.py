@@ -25,6 +25,7 @@ from healthsync.models.governance import (
     SampleCase,
 )
 from healthsync.models.runtime import (
+    ConnectorAlert,
     ConnectorMetric,
     PruneRun,
     ReplayItem,
@@ -40,6 +41,7 @@ __all__ = [
     "ChangeRequest",
     "ChangeReview",
     "Connector",
+    "ConnectorAlert",
     "ConnectorMetric",
     "DataOwnership",
     "Delivery",

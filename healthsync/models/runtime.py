@@ -10,6 +10,9 @@ from django.utils import timezone
 
 from healthsync.choices import (
     ACTIVE_JOB_RUN_STATUSES,
+    OPEN_ALERT_STATES,
+    AlertKind,
+    AlertState,
     JobRunStatus,
     Lane,
     MessageStatus,
@@ -182,6 +185,49 @@ class ConnectorMetric(models.Model):
 
     def __str__(self) -> str:
         return f"{self.connector_id} @ {self.minute:%Y-%m-%d %H:%M}"
+
+
+class ConnectorAlert(models.Model):
+    """One operations alert on a connector (quiet, queue deep or growing), from raised to cleared.
+
+    Not an ExceptionItem: exceptions are business work for revenue-cycle staff; an alert is technical health
+    for integration engineers and clears itself when the condition ends.
+    """
+
+    connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="alerts")
+    kind = models.CharField(max_length=16, choices=AlertKind.choices)
+    state = models.CharField(max_length=14, choices=AlertState.choices, default=AlertState.RAISED)
+    message = models.CharField(max_length=300)
+    value = models.FloatField(help_text="What was measured: minutes quiet or queue depth.")
+    threshold = models.FloatField(help_text="The threshold in force when the alert was raised.")
+    raised_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(
+        default=timezone.now, help_text="Last check that found the condition."
+    )
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    cleared_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-raised_at"]
+        constraints = [
+            # The check raises at most one open alert per connector and kind, whichever worker runs it.
+            models.UniqueConstraint(
+                fields=["connector", "kind"],
+                condition=Q(state__in=OPEN_ALERT_STATES),
+                name="one_open_alert_per_kind",
+            )
+        ]
+        indexes = [models.Index(fields=["state", "raised_at"], name="alert_state_raised")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on {self.connector_id} ({self.state})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_ALERT_STATES
 
 
 # Retention is configuration: every change is versioned with its actor like the rest of the config.

@@ -32,6 +32,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--listener-processes", type=int, default=None, help="Passed to mllp_listener --processes."
         )
+        parser.add_argument(
+            "--dashboards", action="store_true", help="Only time the dashboard pages (dashboards/bench.py)."
+        )
+        parser.add_argument("--requests", type=int, default=10, help="Requests per page with --dashboards.")
         # Internal: the worker the latency measurement runs beside the listener.
         parser.add_argument(
             "--worker-loop", action="store_true", help="(internal) run a worker until SIGTERM."
@@ -40,6 +44,11 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["worker_loop"]:
             benchmark.worker_loop()
+            return
+        if options["dashboards"]:
+            self.stdout.write(
+                json.dumps(benchmark.dashboard_benchmark(requests=options["requests"]), indent=2)
+            )
             return
         if options["seconds"] <= 0:
             raise CommandError("--seconds must be positive")
