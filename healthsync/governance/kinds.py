@@ -26,6 +26,7 @@ from healthsync.choices import (
     Transform,
     VersionStatus,
 )
+from healthsync.governance.ownership import writes_errors
 from healthsync.models import (
     Connector,
     DataOwnership,
@@ -33,6 +34,7 @@ from healthsync.models import (
     MappingSet,
     MappingVersion,
     OwnershipException,
+    SampleCase,
     SchemaVersion,
     System,
 )
@@ -162,7 +164,15 @@ def _connector_validate(payload: dict[str, Any]) -> list[str]:
         adapter = connector_registry.get(payload["protocol"])
     except KeyError:
         return [f"no adapter is registered for {payload['protocol']!r}"]
-    return [f"config: {error}" for error in adapter.validate_config(payload["direction"], payload["config"])]
+    errors = [
+        f"config: {error}" for error in adapter.validate_config(payload["direction"], payload["config"])
+    ]
+    operations = payload["config"].get("operations")
+    if payload["direction"] == Direction.OUTBOUND and isinstance(operations, dict):
+        for name, spec in sorted(operations.items()):
+            if isinstance(spec, dict) and "writes" in spec:
+                errors += [f"config: operation {name}: {error}" for error in writes_errors(spec["writes"])]
+    return errors
 
 
 def _connector_apply(cr: ChangeRequest, approvers: list[User]) -> None:
@@ -252,6 +262,8 @@ def _mapping_validate(payload: dict[str, Any]) -> list[str]:
         unknown = set(rule) - set(RULE_FIELDS)
         if unknown:
             errors.append(f"rule {index}: unknown fields {', '.join(sorted(unknown))}")
+    if "samples" in payload:
+        errors += sample_errors(payload["samples"])
     return errors
 
 
@@ -304,6 +316,68 @@ def _mapping_apply(cr: ChangeRequest, approvers: list[User]) -> None:
     if previous is not None:
         previous.status = VersionStatus.RETIRED
         previous.save(update_fields=["status"])
+    if "samples" in data:
+        _samples_apply(mapping_set, data["samples"], cr.author)
+
+
+SAMPLE_FIELDS = ("name", "expect_error", "message", "expected")
+
+
+def sample_state(case: SampleCase) -> dict[str, Any]:
+    return {
+        "name": case.name,
+        "expect_error": case.expect_error,
+        "message": case.message,
+        "expected": case.expected or {},
+    }
+
+
+def samples_of(mapping_code: str) -> list[dict[str, Any]]:
+    """A mapping set's sample suite in its serialised form, by name."""
+    return [
+        sample_state(case)
+        for case in SampleCase.objects.filter(mapping_set__code=mapping_code).order_by("name")
+    ]
+
+
+def sample_errors(samples: Any) -> list[str]:
+    if not isinstance(samples, list):
+        return ["samples must be a list of sample cases"]
+    errors: list[str] = []
+    names: set[str] = set()
+    for index, case in enumerate(samples, start=1):
+        if not isinstance(case, dict):
+            errors.append(f"sample {index} is not a mapping of fields")
+            continue
+        name = case.get("name")
+        if not isinstance(name, str) or not name.strip() or not str(case.get("message") or "").strip():
+            errors.append(f"sample {index}: a name and a message are required")
+        elif name in names:
+            errors.append(f"sample {index}: the name {name} is used twice")
+        names.add(str(name))
+        if not isinstance(case.get("expected", {}), dict):
+            errors.append(f"sample {index}: expected must be a mapping of fields")
+        unknown = set(case) - set(SAMPLE_FIELDS)
+        if unknown:
+            errors.append(f"sample {index}: unknown fields {', '.join(sorted(unknown))}")
+    return errors
+
+
+def _samples_apply(mapping_set: MappingSet, samples: list[dict[str, Any]], author: User) -> None:
+    """Make the mapping set's suite exactly `samples` (a change request carrying a suite replaces it)."""
+    names = [case["name"] for case in samples]
+    mapping_set.samples.exclude(name__in=names).delete()
+    for case in samples:
+        SampleCase.objects.update_or_create(
+            mapping_set=mapping_set,
+            name=case["name"],
+            defaults={
+                "message": case["message"],
+                "expected": case.get("expected") or {},
+                "expect_error": bool(case.get("expect_error", False)),
+                "created_by": author,
+            },
+        )
 
 
 # Schema versions --------------------------------------------------------------------------------------
@@ -547,7 +621,21 @@ def normalise(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
     if kind == ChangeKind.MAPPING:
         data.setdefault("description", "")
         data["rules"] = [normalise_rule(rule) for rule in data.get("rules", []) if isinstance(rule, dict)]
-        order = ("code", "name", "protocol", "message_type", "event_type", "description", "rules")
+        if "samples" in data:
+            # Only a change that carries a suite (config as code) has one; absent means "leave it as it is".
+            data["samples"] = sorted(
+                (
+                    {
+                        "name": str(case.get("name", "")).strip(),
+                        "expect_error": bool(case.get("expect_error", False)),
+                        "message": str(case.get("message", "")),
+                        "expected": case.get("expected") or {},
+                    }
+                    for case in data["samples"]
+                ),
+                key=lambda case: case["name"],
+            )
+        order = ("code", "name", "protocol", "message_type", "event_type", "description", "rules", "samples")
     elif kind == ChangeKind.SYSTEM:
         data.setdefault("description", "")
         data.setdefault("is_active", True)
