@@ -7,8 +7,8 @@ from django.core.management import CommandError, call_command
 
 from connectors.simulators.hl7_builder import adt_a03
 from healthsync.choices import ChangeKind, ChangeStatus
-from healthsync.governance.bench import run_rules
 from healthsync.governance import services
+from healthsync.governance.bench import run_rules
 from healthsync.models import (
     ChangeRequest,
     Connector,
@@ -181,5 +181,5 @@ def test_a_sample_suite_without_its_mapping_set_is_reported(tmp_path, engineer, 
     (tmp_path / "samples" / "ghost.yaml").write_text(
         "mapping_set: ghost\ncases:\n- {name: x, message: MSH}\n"
     )
-    with pytest.raises(CommandError, match="samples/ghost.yaml: there is no mappings/ghost.yaml"):
+    with pytest.raises(CommandError, match=r"samples/ghost\.yaml: there is no mappings/ghost\.yaml"):
         call_command("import_config", str(tmp_path), "--user", engineer.username)
