@@ -27,6 +27,8 @@ PAGES: dict[str, set[str]] = {
     "/connectors/": {"board_member", "engineer"},
     "/ops/": {"engineer"},
     "/governance/": {"board_member", "rcm_analyst", "executive", "engineer"},
+    "/governance/propose/workflow_sla/?key=discharge_to_bill": {"board_member", "engineer"},
+    "/governance/propose/code_table/": {"board_member", "engineer"},
     "/api-clients/": {"engineer"},
 }
 ACTIONS = ["assign", "comment", "resolve", "ignore", "retry", "resubmit"]

@@ -27,6 +27,7 @@ from healthsync.choices import (
     VersionStatus,
 )
 from healthsync.governance.ownership import writes_errors
+from healthsync.governance.runtime import format_duration, parse_duration, step_slas
 from healthsync.models import (
     Connector,
     DataOwnership,
@@ -38,11 +39,13 @@ from healthsync.models import (
     SchemaVersion,
     System,
 )
+from healthsync.models.governance import CodeTable, WorkflowSla
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
     from healthsync.models import ChangeRequest
+    from workflows.definitions import Workflow
 
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 RULE_FIELDS = ("target", "source", "transform", "argument", "required", "description")
@@ -255,8 +258,13 @@ def _mapping_validate(payload: dict[str, Any]) -> list[str]:
         transform = rule.get("transform", "") or ""
         if transform not in Transform.values:
             errors.append(f"rule {index}: unknown transform {transform!r}")
-        if not isinstance(rule.get("argument", {}), dict):
+        argument = rule.get("argument", {})
+        if not isinstance(argument, dict):
             errors.append(f"rule {index}: argument must be a mapping")
+        elif transform == Transform.LOOKUP and not (
+            isinstance(argument.get("table"), dict) or isinstance(argument.get("code_table"), str)
+        ):
+            errors.append(f"rule {index}: a lookup needs a table of codes or the name of a code_table")
         if not str(rule.get("source", "")).strip() and transform not in (Transform.CONCAT, Transform.DEFAULT):
             errors.append(f"rule {index}: a source is required unless the transform is concat or default")
         unknown = set(rule) - set(RULE_FIELDS)
@@ -531,6 +539,111 @@ def _exception_apply(cr: ChangeRequest, approvers: list[User]) -> None:
     )
 
 
+# Workflow SLAs ----------------------------------------------------------------------------------------
+
+
+def _workflow(code: str) -> Workflow | None:
+    from workflows.definitions import WORKFLOWS
+
+    return WORKFLOWS.get(code)
+
+
+def _sla_current(key: str) -> dict[str, Any] | None:
+    workflow = _workflow(key)
+    if workflow is None:
+        return None
+    slas = step_slas(workflow)
+    return {
+        "workflow": workflow.code,
+        "slas": {
+            name: format_duration(int(sla.total_seconds()) if sla is not None else None)
+            for name, sla in slas.items()
+        },
+    }
+
+
+def _sla_validate(payload: dict[str, Any]) -> list[str]:
+    errors = _require(payload, {"workflow": str, "slas": dict})
+    if errors:
+        return errors
+    workflow = _workflow(payload["workflow"])
+    if workflow is None:
+        return [f"workflow {payload['workflow']!r} does not exist"]
+    names = workflow.step_names
+    missing = [name for name in names if name not in payload["slas"]]
+    if missing:
+        errors.append(f"slas must list every step of {workflow.code}; missing: {', '.join(missing)}")
+    for name, value in payload["slas"].items():
+        if name not in names:
+            errors.append(f"{workflow.code} has no step {name!r}")
+            continue
+        try:
+            parse_duration(value)
+        except ValueError as exc:
+            errors.append(f"step {name}: {exc}")
+    return errors
+
+
+def _sla_apply(cr: ChangeRequest, approvers: list[User]) -> None:
+    data = cr.after
+    for step, value in data["slas"].items():
+        WorkflowSla.objects.update_or_create(
+            workflow=data["workflow"],
+            step=step,
+            defaults={"sla_seconds": parse_duration(value), "change_request": cr},
+        )
+
+
+def _sla_keys() -> list[str]:
+    from workflows.definitions import WORKFLOWS
+
+    return sorted(WORKFLOWS)
+
+
+# Code tables ------------------------------------------------------------------------------------------
+
+_CODE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def _code_table_state(table: CodeTable) -> dict[str, Any]:
+    return {
+        "code": table.code,
+        "name": table.name,
+        "description": table.description,
+        "entries": dict(table.entries or {}),
+    }
+
+
+def _code_table_current(key: str) -> dict[str, Any] | None:
+    table = CodeTable.objects.filter(code=key).first()
+    return _code_table_state(table) if table else None
+
+
+def _code_table_validate(payload: dict[str, Any]) -> list[str]:
+    errors = _require(payload, {"code": str, "name": str, "entries": dict})
+    if errors:
+        return errors
+    if not _CODE.match(payload["code"]):
+        errors.append("code must be lower-case letters, digits, - and _ (such as patient-class)")
+    for source, value in payload["entries"].items():
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            errors.append(f"entry {source}: the value must be a code or a word")
+    return errors
+
+
+def _code_table_apply(cr: ChangeRequest, approvers: list[User]) -> None:
+    data = cr.after
+    CodeTable.objects.update_or_create(
+        code=data["code"],
+        defaults={
+            "name": data["name"],
+            "description": data.get("description", ""),
+            "entries": {str(k): v for k, v in data["entries"].items()},
+            "change_request": cr,
+        },
+    )
+
+
 HANDLERS: dict[str, KindHandler] = {
     handler.kind: handler
     for handler in (
@@ -581,6 +694,15 @@ HANDLERS: dict[str, KindHandler] = {
             ),
         ),
         KindHandler(
+            ChangeKind.CODE_TABLE,
+            "code-tables",
+            lambda p: p["code"],
+            _code_table_current,
+            _code_table_validate,
+            _code_table_apply,
+            lambda: list(CodeTable.objects.order_by("code").values_list("code", flat=True)),
+        ),
+        KindHandler(
             ChangeKind.CONNECTOR,
             "connectors",
             lambda p: p["code"],
@@ -601,6 +723,15 @@ HANDLERS: dict[str, KindHandler] = {
                 .order_by("code")
                 .values_list("code", flat=True)
             ),
+        ),
+        KindHandler(
+            ChangeKind.WORKFLOW_SLA,
+            "workflow-slas",
+            lambda p: p["workflow"],
+            _sla_current,
+            _sla_validate,
+            _sla_apply,
+            _sla_keys,
         ),
     )
 }
@@ -674,6 +805,17 @@ def normalise(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         data.setdefault("field", "")
         data.setdefault("is_active", True)
         order = ("system", "domain", "field", "reason", "is_active")
+    elif kind == ChangeKind.WORKFLOW_SLA:
+        slas = data.get("slas") or {}
+        data["slas"] = {
+            str(name): (None if value is None or str(value).strip() == "" else str(value).strip())
+            for name, value in slas.items()
+        }
+        order = ("workflow", "slas")
+    elif kind == ChangeKind.CODE_TABLE:
+        data.setdefault("description", "")
+        data["entries"] = {str(k): v for k, v in (data.get("entries") or {}).items()}
+        order = ("code", "name", "description", "entries")
     else:
         order = ("event_type", "version", "json_schema")
     ordered = {name: data[name] for name in order if name in data}
