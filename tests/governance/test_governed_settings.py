@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from django.urls import reverse
 from django.utils import timezone
 
 from healthsync import mapping as mapping_engine
@@ -228,3 +229,26 @@ def test_a_lookup_reads_the_deployed_code_table(engineer, board_member):
     rules[-1]["argument"] = {"code_table": "ghost"}
     result = run_rules(protocol="hl7v2", event_type="encounter.discharged", rules=rules, message=message)
     assert "code table 'ghost' does not exist" in result.error
+
+
+def test_an_sla_change_is_proposed_and_reviewed_in_the_ui(client_for, engineer, board_member):
+    page = client_for(engineer).get(
+        reverse("governance_propose", args=[ChangeKind.WORKFLOW_SLA]) + "?key=discharge_to_bill"
+    )
+    assert page.status_code == 200
+    document = page.context["form"].initial["document"]
+    assert "  claim_ready: 4h\n" in document
+    response = client_for(engineer).post(
+        reverse("governance_propose", args=[ChangeKind.WORKFLOW_SLA]) + "?key=discharge_to_bill",
+        {
+            "title": "Claims within two hours",
+            "reason": "Payer contract",
+            "document": document.replace("claim_ready: 4h", "claim_ready: 2h"),
+        },
+    )
+    cr = ChangeRequest.objects.get()
+    assert response.status_code == 302 and response["Location"] == reverse("governance_change", args=[cr.pk])
+    services.change_request_submit(change_request=cr, actor=engineer)
+    detail = client_for(board_member).get(reverse("governance_change", args=[cr.pk]))
+    assert detail.status_code == 200
+    assert b"slas.claim_ready" in detail.content and b"discharge_to_bill" in detail.content
