@@ -138,6 +138,8 @@ class ChangeKind(models.TextChoices):
     SCHEMA = "schema", "Schema version"
     OWNERSHIP = "ownership", "Data ownership"
     OWNERSHIP_EXCEPTION = "ownership_exception", "Data ownership exception"
+    WORKFLOW_SLA = "workflow_sla", "Workflow SLA"
+    CODE_TABLE = "code_table", "Code table"
 
 
 class ChangeStatus(models.TextChoices):

@@ -29,6 +29,8 @@ PAGES: dict[str, set[str]] = {
     "/ops/alerts/": {"executive", "engineer"},
     "/ops/alerts/badge/": {"executive", "engineer"},
     "/governance/": {"board_member", "rcm_analyst", "executive", "engineer"},
+    "/governance/propose/workflow_sla/?key=discharge_to_bill": {"board_member", "engineer"},
+    "/governance/propose/code_table/": {"board_member", "engineer"},
     "/api-clients/": {"engineer"},
 }
 ACTIONS = ["assign", "comment", "resolve", "ignore", "retry", "resubmit"]

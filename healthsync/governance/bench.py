@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from healthsync.choices import VersionStatus
+from healthsync.choices import ChangeKind, ChangeStatus, VersionStatus
 from healthsync.errors import MappingError, SchemaInvalid
-from healthsync.governance.kinds import normalise_rule
+from healthsync.governance.kinds import normalise_rule, samples_of
 from healthsync.mapping import apply_rules
-from healthsync.models import MappingRule, SampleCase, SchemaVersion
+from healthsync.models import ChangeRequest, MappingRule, SchemaVersion
 from healthsync.registry import connector_registry
 
 
@@ -141,29 +141,61 @@ def run_rules(
 def run_suite(*, mapping_code: str, proposal: dict[str, Any]) -> dict[str, Any]:
     """Run every sample case of a mapping set against proposed rules: {"passed", "cases": [...]}."""
     cases = []
-    for case in SampleCase.objects.filter(mapping_set__code=mapping_code).order_by("name"):
+    # A proposal carrying its own suite (imported configuration) is tested against that suite.
+    suite = proposal["samples"] if "samples" in proposal else samples_of(mapping_code)
+    event_type = proposal.get("event_type", "")
+    schema = _proposed_schema(event_type)
+    for case in suite:
         outcome = run_rules(
             protocol=proposal.get("protocol", ""),
-            event_type=proposal.get("event_type", ""),
+            event_type=event_type,
             rules=proposal.get("rules", []),
-            message=case.message,
+            message=case["message"],
+            json_schema=schema.json_schema if schema else None,
+            schema_version=schema.version if schema else "",
         )
-        if case.expect_error:
+        if case["expect_error"]:
             passed = bool(outcome.error)
             detail = "" if passed else "expected the mapping to refuse this message, but it produced an event"
         elif outcome.error:
             passed, detail = False, outcome.error
-        elif outcome.data != case.expected:
+        elif outcome.data != case["expected"]:
             passed = False
             detail = "output differs from expected in: " + ", ".join(
-                _differing(case.expected, outcome.data or {})
+                _differing(case["expected"], outcome.data or {})
             )
         elif outcome.schema_errors:
             passed, detail = False, "schema: " + "; ".join(outcome.schema_errors)
         else:
             passed, detail = True, ""
-        cases.append({"name": case.name, "passed": passed, "detail": detail})
+        cases.append({"name": case["name"], "passed": passed, "detail": detail})
     return {"passed": all(case["passed"] for case in cases), "cases": cases}
+
+
+def _proposed_schema(event_type: str) -> SchemaVersion | None:
+    """For an event type with no active schema yet, the one its pending change request proposes.
+
+    A new mapping set and the schema of its new event type travel together (config imported into an empty
+    database): the mapping's suite is checked against the schema the board is reviewing alongside it.
+    """
+    if SchemaVersion.objects.filter(event_type=event_type, status=VersionStatus.ACTIVE).exists():
+        return None
+    pending = (
+        ChangeRequest.objects.filter(
+            kind=ChangeKind.SCHEMA,
+            target_key=event_type,
+            status__in=[ChangeStatus.SUBMITTED, ChangeStatus.APPROVED],
+        )
+        .order_by("-id")
+        .first()
+    )
+    if pending is None:
+        return None
+    return SchemaVersion(
+        event_type=event_type,
+        version=f"{pending.after.get('version', '')} (proposed in CR-{pending.pk})",
+        json_schema=pending.after.get("json_schema") or {},
+    )
 
 
 def _differing(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:

@@ -1,7 +1,8 @@
 """Config as code: governed configuration to readable YAML files and back, as change requests.
 
 Layout: <dir>/<kind folder>/<key>.yaml, one object per file, fields in a fixed order, so a Git diff of two exports shows
-exactly what changed. Import never writes live configuration: each file that differs from what is live becomes
+exactly what changed; <dir>/samples/<mapping code>.yaml holds each mapping set's sample suite (a changed suite is
+imported as part of its mapping set's change request). Import never writes live configuration: each file that differs from what is live becomes
 a change request (submitted unless asked otherwise), which the board reviews like any other.
 """
 
@@ -15,14 +16,23 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from django.db import transaction
 
+from healthsync.choices import ChangeKind
 from healthsync.governance import services
-from healthsync.governance.kinds import HANDLERS, KIND_ORDER, ProposalInvalid, normalise
+from healthsync.governance.kinds import (
+    HANDLERS,
+    KIND_ORDER,
+    ProposalInvalid,
+    normalise,
+    sample_errors,
+    samples_of,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
     from healthsync.models import ChangeRequest
 
+SAMPLES_FOLDER = "samples"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
 
 
@@ -86,11 +96,39 @@ def export_config(directory: Path) -> list[Path]:
             path.write_text(dump_yaml(canonical(kind, state)), encoding="utf-8")
             keep.add(path.name)
             written.append(path)
-        # An object deleted since the last export must not linger in the repository.
-        for stale in folder.glob("*.yaml"):
-            if stale.name not in keep:
-                stale.unlink()
+        _remove_stale(folder, keep)
+    written += _export_samples(directory / SAMPLES_FOLDER)
     return written
+
+
+def _remove_stale(folder: Path, keep: set[str]) -> None:
+    # An object deleted since the last export must not linger in the repository.
+    for stale in folder.glob("*.yaml"):
+        if stale.name not in keep:
+            stale.unlink()
+
+
+def _export_samples(folder: Path) -> list[Path]:
+    """Each mapping set's sample suite as <folder>/<mapping code>.yaml, next to the mapping it tests."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written, keep = [], set()
+    for code in HANDLERS[ChangeKind.MAPPING].all_keys():
+        cases = samples_of(code)
+        if not cases:
+            continue
+        path = folder / _filename(code)
+        path.write_text(dump_yaml(samples_document(code, cases)), encoding="utf-8")
+        keep.add(path.name)
+        written.append(path)
+    _remove_stale(folder, keep)
+    return written
+
+
+def samples_document(code: str, cases: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "mapping_set": code,
+        "cases": [{**case, "expected": _sorted_deep(case.get("expected") or {})} for case in cases],
+    }
 
 
 @dataclass
@@ -124,6 +162,7 @@ def import_config(directory: Path, *, actor: User, reason: str, submit: bool = T
     entries = read_config(directory)
     if not entries:
         report.errors.append(f"{directory}: no configuration files found")
+    suites = _read_samples(directory / SAMPLES_FOLDER, report)
     for kind, path, data in entries:
         name = f"{path.parent.name}/{path.name}"
         if isinstance(data, Exception):
@@ -138,9 +177,13 @@ def import_config(directory: Path, *, actor: User, reason: str, submit: bool = T
         except (KeyError, TypeError):
             report.errors.append(f"{name}: the identifying field is missing")
             continue
+        suite = suites.pop(key, None) if kind == ChangeKind.MAPPING else None
         if services.open_request_for(kind, key) is not None:
             report.pending.append(name)
             continue
+        if suite is not None and suite != samples_of(key):
+            # A changed suite travels with its mapping set's change request, so the board sees it too.
+            data = {**data, "samples": suite}
         try:
             with transaction.atomic():
                 cr = services.change_request_create(
@@ -155,4 +198,32 @@ def import_config(directory: Path, *, actor: User, reason: str, submit: bool = T
             report.errors.append(f"{name}: " + "; ".join(exc.errors))
             continue
         report.created.append(cr)
+    report.errors += [
+        f"{SAMPLES_FOLDER}/{_filename(code)}: there is no {HANDLERS[ChangeKind.MAPPING].folder}/"
+        f"{_filename(code)} for this sample suite"
+        for code in sorted(suites)
+    ]
     return report
+
+
+def _read_samples(folder: Path, report: ImportReport) -> dict[str, list[dict[str, Any]]]:
+    """The sample suites under `folder` by mapping code, normalised like a proposal's; bad files reported."""
+    suites: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        name = f"{SAMPLES_FOLDER}/{path.name}"
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            report.errors.append(f"{name}: not valid YAML: {exc}")
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("mapping_set"), str):
+            report.errors.append(f"{name}: expected mapping_set and cases")
+            continue
+        errors = sample_errors(data.get("cases"))
+        if errors:
+            report.errors.append(f"{name}: " + "; ".join(errors))
+            continue
+        suites[data["mapping_set"]] = normalise(ChangeKind.MAPPING, {"rules": [], "samples": data["cases"]})[
+            "samples"
+        ]
+    return suites

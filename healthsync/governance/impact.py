@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from healthsync.choices import ChangeKind, Direction
+from healthsync.choices import ChangeKind, Direction, Transform
 from healthsync.models import Connector, DataOwnership, Delivery, MappingSet
 from healthsync.registry import workflow_registry
 
@@ -84,6 +84,12 @@ def impact_of(kind: str, data: dict[str, Any]) -> Impact:
         sets = [m for m in MappingSet.objects.order_by("code") if domain in mapping_domains(m.event_type, [])]
         impact.mapping_sets = [m.code for m in sets]
         impact.subscribers = sorted({s for m in sets for s in event_subscribers(m.event_type)})
+    elif kind == ChangeKind.CODE_TABLE:
+        sets = mapping_sets_using_code_table(data.get("code", ""))
+        impact.mapping_sets = [m.code for m in sets]
+        impact.subscribers = sorted({s for m in sets for s in event_subscribers(m.event_type)})
+    elif kind == ChangeKind.WORKFLOW_SLA:
+        impact.workflows = [data.get("workflow", "")]
     elif kind == ChangeKind.SYSTEM:
         impact.connectors = list(
             Connector.objects.filter(system__code=data.get("code", ""))
@@ -115,3 +121,15 @@ def mapping_domains(event_type: str, rules: list[dict[str, Any]]) -> list[str]:
         if found:
             domains.add(found[0])
     return sorted(domains)
+
+
+def mapping_sets_using_code_table(code: str) -> list[MappingSet]:
+    """The mapping sets whose active rules look codes up in the code table `code`."""
+    return list(
+        MappingSet.objects.filter(
+            active_version__rules__transform=Transform.LOOKUP,
+            active_version__rules__argument__code_table=code,
+        )
+        .distinct()
+        .order_by("code")
+    )

@@ -26,6 +26,8 @@ from healthsync.choices import (
     Transform,
     VersionStatus,
 )
+from healthsync.governance.ownership import writes_errors
+from healthsync.governance.runtime import format_duration, parse_duration, step_slas
 from healthsync.models import (
     Connector,
     DataOwnership,
@@ -33,14 +35,17 @@ from healthsync.models import (
     MappingSet,
     MappingVersion,
     OwnershipException,
+    SampleCase,
     SchemaVersion,
     System,
 )
+from healthsync.models.governance import CodeTable, WorkflowSla
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
     from healthsync.models import ChangeRequest
+    from workflows.definitions import Workflow
 
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 RULE_FIELDS = ("target", "source", "transform", "argument", "required", "description")
@@ -162,7 +167,15 @@ def _connector_validate(payload: dict[str, Any]) -> list[str]:
         adapter = connector_registry.get(payload["protocol"])
     except KeyError:
         return [f"no adapter is registered for {payload['protocol']!r}"]
-    return [f"config: {error}" for error in adapter.validate_config(payload["direction"], payload["config"])]
+    errors = [
+        f"config: {error}" for error in adapter.validate_config(payload["direction"], payload["config"])
+    ]
+    operations = payload["config"].get("operations")
+    if payload["direction"] == Direction.OUTBOUND and isinstance(operations, dict):
+        for name, spec in sorted(operations.items()):
+            if isinstance(spec, dict) and "writes" in spec:
+                errors += [f"config: operation {name}: {error}" for error in writes_errors(spec["writes"])]
+    return errors
 
 
 def _connector_apply(cr: ChangeRequest, approvers: list[User]) -> None:
@@ -245,13 +258,20 @@ def _mapping_validate(payload: dict[str, Any]) -> list[str]:
         transform = rule.get("transform", "") or ""
         if transform not in Transform.values:
             errors.append(f"rule {index}: unknown transform {transform!r}")
-        if not isinstance(rule.get("argument", {}), dict):
+        argument = rule.get("argument", {})
+        if not isinstance(argument, dict):
             errors.append(f"rule {index}: argument must be a mapping")
+        elif transform == Transform.LOOKUP and not (
+            isinstance(argument.get("table"), dict) or isinstance(argument.get("code_table"), str)
+        ):
+            errors.append(f"rule {index}: a lookup needs a table of codes or the name of a code_table")
         if not str(rule.get("source", "")).strip() and transform not in (Transform.CONCAT, Transform.DEFAULT):
             errors.append(f"rule {index}: a source is required unless the transform is concat or default")
         unknown = set(rule) - set(RULE_FIELDS)
         if unknown:
             errors.append(f"rule {index}: unknown fields {', '.join(sorted(unknown))}")
+    if "samples" in payload:
+        errors += sample_errors(payload["samples"])
     return errors
 
 
@@ -304,6 +324,68 @@ def _mapping_apply(cr: ChangeRequest, approvers: list[User]) -> None:
     if previous is not None:
         previous.status = VersionStatus.RETIRED
         previous.save(update_fields=["status"])
+    if "samples" in data:
+        _samples_apply(mapping_set, data["samples"], cr.author)
+
+
+SAMPLE_FIELDS = ("name", "expect_error", "message", "expected")
+
+
+def sample_state(case: SampleCase) -> dict[str, Any]:
+    return {
+        "name": case.name,
+        "expect_error": case.expect_error,
+        "message": case.message,
+        "expected": case.expected or {},
+    }
+
+
+def samples_of(mapping_code: str) -> list[dict[str, Any]]:
+    """A mapping set's sample suite in its serialised form, by name."""
+    return [
+        sample_state(case)
+        for case in SampleCase.objects.filter(mapping_set__code=mapping_code).order_by("name")
+    ]
+
+
+def sample_errors(samples: Any) -> list[str]:
+    if not isinstance(samples, list):
+        return ["samples must be a list of sample cases"]
+    errors: list[str] = []
+    names: set[str] = set()
+    for index, case in enumerate(samples, start=1):
+        if not isinstance(case, dict):
+            errors.append(f"sample {index} is not a mapping of fields")
+            continue
+        name = case.get("name")
+        if not isinstance(name, str) or not name.strip() or not str(case.get("message") or "").strip():
+            errors.append(f"sample {index}: a name and a message are required")
+        elif name in names:
+            errors.append(f"sample {index}: the name {name} is used twice")
+        names.add(str(name))
+        if not isinstance(case.get("expected", {}), dict):
+            errors.append(f"sample {index}: expected must be a mapping of fields")
+        unknown = set(case) - set(SAMPLE_FIELDS)
+        if unknown:
+            errors.append(f"sample {index}: unknown fields {', '.join(sorted(unknown))}")
+    return errors
+
+
+def _samples_apply(mapping_set: MappingSet, samples: list[dict[str, Any]], author: User) -> None:
+    """Make the mapping set's suite exactly `samples` (a change request carrying a suite replaces it)."""
+    names = [case["name"] for case in samples]
+    mapping_set.samples.exclude(name__in=names).delete()
+    for case in samples:
+        SampleCase.objects.update_or_create(
+            mapping_set=mapping_set,
+            name=case["name"],
+            defaults={
+                "message": case["message"],
+                "expected": case.get("expected") or {},
+                "expect_error": bool(case.get("expect_error", False)),
+                "created_by": author,
+            },
+        )
 
 
 # Schema versions --------------------------------------------------------------------------------------
@@ -457,6 +539,111 @@ def _exception_apply(cr: ChangeRequest, approvers: list[User]) -> None:
     )
 
 
+# Workflow SLAs ----------------------------------------------------------------------------------------
+
+
+def _workflow(code: str) -> Workflow | None:
+    from workflows.definitions import WORKFLOWS
+
+    return WORKFLOWS.get(code)
+
+
+def _sla_current(key: str) -> dict[str, Any] | None:
+    workflow = _workflow(key)
+    if workflow is None:
+        return None
+    slas = step_slas(workflow)
+    return {
+        "workflow": workflow.code,
+        "slas": {
+            name: format_duration(int(sla.total_seconds()) if sla is not None else None)
+            for name, sla in slas.items()
+        },
+    }
+
+
+def _sla_validate(payload: dict[str, Any]) -> list[str]:
+    errors = _require(payload, {"workflow": str, "slas": dict})
+    if errors:
+        return errors
+    workflow = _workflow(payload["workflow"])
+    if workflow is None:
+        return [f"workflow {payload['workflow']!r} does not exist"]
+    names = workflow.step_names
+    missing = [name for name in names if name not in payload["slas"]]
+    if missing:
+        errors.append(f"slas must list every step of {workflow.code}; missing: {', '.join(missing)}")
+    for name, value in payload["slas"].items():
+        if name not in names:
+            errors.append(f"{workflow.code} has no step {name!r}")
+            continue
+        try:
+            parse_duration(value)
+        except ValueError as exc:
+            errors.append(f"step {name}: {exc}")
+    return errors
+
+
+def _sla_apply(cr: ChangeRequest, approvers: list[User]) -> None:
+    data = cr.after
+    for step, value in data["slas"].items():
+        WorkflowSla.objects.update_or_create(
+            workflow=data["workflow"],
+            step=step,
+            defaults={"sla_seconds": parse_duration(value), "change_request": cr},
+        )
+
+
+def _sla_keys() -> list[str]:
+    from workflows.definitions import WORKFLOWS
+
+    return sorted(WORKFLOWS)
+
+
+# Code tables ------------------------------------------------------------------------------------------
+
+_CODE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def _code_table_state(table: CodeTable) -> dict[str, Any]:
+    return {
+        "code": table.code,
+        "name": table.name,
+        "description": table.description,
+        "entries": dict(table.entries or {}),
+    }
+
+
+def _code_table_current(key: str) -> dict[str, Any] | None:
+    table = CodeTable.objects.filter(code=key).first()
+    return _code_table_state(table) if table else None
+
+
+def _code_table_validate(payload: dict[str, Any]) -> list[str]:
+    errors = _require(payload, {"code": str, "name": str, "entries": dict})
+    if errors:
+        return errors
+    if not _CODE.match(payload["code"]):
+        errors.append("code must be lower-case letters, digits, - and _ (such as patient-class)")
+    for source, value in payload["entries"].items():
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            errors.append(f"entry {source}: the value must be a code or a word")
+    return errors
+
+
+def _code_table_apply(cr: ChangeRequest, approvers: list[User]) -> None:
+    data = cr.after
+    CodeTable.objects.update_or_create(
+        code=data["code"],
+        defaults={
+            "name": data["name"],
+            "description": data.get("description", ""),
+            "entries": {str(k): v for k, v in data["entries"].items()},
+            "change_request": cr,
+        },
+    )
+
+
 HANDLERS: dict[str, KindHandler] = {
     handler.kind: handler
     for handler in (
@@ -507,6 +694,15 @@ HANDLERS: dict[str, KindHandler] = {
             ),
         ),
         KindHandler(
+            ChangeKind.CODE_TABLE,
+            "code-tables",
+            lambda p: p["code"],
+            _code_table_current,
+            _code_table_validate,
+            _code_table_apply,
+            lambda: list(CodeTable.objects.order_by("code").values_list("code", flat=True)),
+        ),
+        KindHandler(
             ChangeKind.CONNECTOR,
             "connectors",
             lambda p: p["code"],
@@ -528,6 +724,15 @@ HANDLERS: dict[str, KindHandler] = {
                 .values_list("code", flat=True)
             ),
         ),
+        KindHandler(
+            ChangeKind.WORKFLOW_SLA,
+            "workflow-slas",
+            lambda p: p["workflow"],
+            _sla_current,
+            _sla_validate,
+            _sla_apply,
+            _sla_keys,
+        ),
     )
 }
 # Import and deploy order: what a kind refers to comes before it.
@@ -547,7 +752,21 @@ def normalise(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
     if kind == ChangeKind.MAPPING:
         data.setdefault("description", "")
         data["rules"] = [normalise_rule(rule) for rule in data.get("rules", []) if isinstance(rule, dict)]
-        order = ("code", "name", "protocol", "message_type", "event_type", "description", "rules")
+        if "samples" in data:
+            # Only a change that carries a suite (config as code) has one; absent means "leave it as it is".
+            data["samples"] = sorted(
+                (
+                    {
+                        "name": str(case.get("name", "")).strip(),
+                        "expect_error": bool(case.get("expect_error", False)),
+                        "message": str(case.get("message", "")),
+                        "expected": case.get("expected") or {},
+                    }
+                    for case in data["samples"]
+                ),
+                key=lambda case: case["name"],
+            )
+        order = ("code", "name", "protocol", "message_type", "event_type", "description", "rules", "samples")
     elif kind == ChangeKind.SYSTEM:
         data.setdefault("description", "")
         data.setdefault("is_active", True)
@@ -586,6 +805,17 @@ def normalise(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         data.setdefault("field", "")
         data.setdefault("is_active", True)
         order = ("system", "domain", "field", "reason", "is_active")
+    elif kind == ChangeKind.WORKFLOW_SLA:
+        slas = data.get("slas") or {}
+        data["slas"] = {
+            str(name): (None if value is None or str(value).strip() == "" else str(value).strip())
+            for name, value in slas.items()
+        }
+        order = ("workflow", "slas")
+    elif kind == ChangeKind.CODE_TABLE:
+        data.setdefault("description", "")
+        data["entries"] = {str(k): v for k, v in (data.get("entries") or {}).items()}
+        order = ("code", "name", "description", "entries")
     else:
         order = ("event_type", "version", "json_schema")
     ordered = {name: data[name] for name in order if name in data}

@@ -123,7 +123,49 @@ class OwnershipException(models.Model):
         return f"{self.system} may write {self.domain}{'.' + self.field if self.field else ''}"
 
 
+class WorkflowSla(models.Model):
+    """The deployed SLA of one workflow step; a step without a row keeps the SLA declared in code.
+
+    Written only by deploying a change request (kind workflow_sla); the SLA check and the dashboards read it
+    through healthsync.governance.runtime.step_slas().
+    """
+
+    workflow = models.CharField(max_length=80)
+    step = models.CharField(max_length=80)
+    sla_seconds = models.PositiveIntegerField(null=True, blank=True, help_text="Blank: no limit.")
+    change_request = models.ForeignKey(
+        ChangeRequest, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["workflow", "step"]
+        constraints = [models.UniqueConstraint(fields=["workflow", "step"], name="one_sla_per_workflow_step")]
+
+    def __str__(self) -> str:
+        return f"{self.workflow}.{self.step}: {self.sla_seconds}s"
+
+
+class CodeTable(models.Model):
+    """A governed code table: source codes and the canonical values mapping rules look them up as."""
+
+    code = models.SlugField(max_length=80, unique=True)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    entries = models.JSONField(default=dict, help_text="Source code → canonical value.")
+    change_request = models.ForeignKey(
+        ChangeRequest, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
 auditlog.register(ChangeRequest)
 auditlog.register(ChangeReview)
 auditlog.register(SampleCase)
 auditlog.register(OwnershipException)
+auditlog.register(WorkflowSla)
+auditlog.register(CodeTable)

@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from healthsync.choices import ChangeStatus
+from connectors.simulators.hl7_builder import adt_a03
+from healthsync.choices import ChangeKind, ChangeStatus
 from healthsync.governance import services
+from healthsync.governance.bench import run_rules
 from healthsync.models import (
     ChangeRequest,
     Connector,
@@ -14,10 +16,13 @@ from healthsync.models import (
     MappingRule,
     MappingSet,
     MappingVersion,
+    SampleCase,
     SchemaVersion,
     System,
 )
+from healthsync.models.governance import CodeTable, WorkflowSla
 from healthsync.seed import seed_reference_config
+from tests.governance.support import current
 
 
 def _tree(directory: Path) -> dict[str, bytes]:
@@ -25,6 +30,9 @@ def _tree(directory: Path) -> dict[str, bytes]:
 
 
 def _empty_config() -> None:
+    SampleCase.objects.all().delete()
+    WorkflowSla.objects.all().delete()
+    CodeTable.objects.all().delete()
     ChangeRequest.objects.all().delete()
     MappingSet.objects.update(active_version=None)
     MappingRule.objects.all().delete()
@@ -48,7 +56,8 @@ def test_export_import_export_is_byte_identical(tmp_path, engineer, board_member
     _empty_config()
     call_command("import_config", str(first), "--user", engineer.username)
     requests = list(ChangeRequest.objects.order_by("id"))
-    assert len(requests) == len(exported)
+    # Workflow SLAs have their defaults in code: an empty database already has them, so they are no change.
+    assert len(requests) == len([name for name in exported if not name.startswith("workflow-slas/")])
     assert all(cr.status == ChangeStatus.SUBMITTED for cr in requests)
     assert not Connector.objects.exists(), "import must never write live configuration"
     for cr in requests:
@@ -99,3 +108,82 @@ def test_import_refuses_an_unknown_user_or_directory(tmp_path, reference):
         call_command("import_config", str(tmp_path), "--user", "nobody")
     with pytest.raises(CommandError, match="not a directory"):
         call_command("import_config", str(tmp_path / "missing"), "--user", "nobody")
+
+
+def _save_samples(engineer) -> None:
+    code = "ehr-adt-a03-discharged"
+    mapping_set = MappingSet.objects.get(code=code)
+    message = adt_a03(disposition="home")
+    rules = current(ChangeKind.MAPPING, code)["rules"]
+    good = run_rules(protocol="hl7v2", event_type="encounter.discharged", rules=rules, message=message)
+    assert good.ok, good.error
+    services.sample_case_save(
+        mapping_set=mapping_set, name="home discharge", message=message, expected=good.data, actor=engineer
+    )
+    services.sample_case_save(
+        mapping_set=mapping_set,
+        name="no visit",
+        message="MSH|^~\\&|X",
+        expected={},
+        expect_error=True,
+        actor=engineer,
+    )
+
+
+def test_sample_suites_round_trip_with_their_mapping_sets(tmp_path, engineer, board_member):
+    seed_reference_config()
+    _save_samples(engineer)
+    first, second = tmp_path / "first", tmp_path / "second"
+    call_command("export_config", str(first))
+    exported = _tree(first)
+    suite = exported["samples/ehr-adt-a03-discharged.yaml"]
+    assert suite.startswith(b"mapping_set: ehr-adt-a03-discharged\ncases:\n- name: home discharge\n")
+    assert b"expect_error: true" in suite
+
+    _empty_config()
+    call_command("import_config", str(first), "--user", engineer.username)
+    assert not SampleCase.objects.exists(), "import must never write live configuration"
+    mapping_cr = ChangeRequest.objects.get(target_key="ehr-adt-a03-discharged")
+    assert [case["name"] for case in mapping_cr.after["samples"]] == ["home discharge", "no visit"]
+    # The imported suite ran on the imported rules at submission.
+    assert mapping_cr.suite_passed is True, mapping_cr.suite_result
+    assert len(mapping_cr.suite_result["cases"]) == 2
+    for cr in ChangeRequest.objects.order_by("id"):
+        cr = services.change_request_approve(change_request=cr, actor=board_member)
+        services.change_request_deploy(change_request=cr, actor=board_member)
+
+    call_command("export_config", str(second))
+    assert _tree(second) == exported
+
+
+def test_an_edited_sample_suite_imports_as_a_mapping_change_request(
+    tmp_path, engineer, board_member, reference
+):
+    _save_samples(engineer)
+    call_command("export_config", str(tmp_path))
+    call_command("import_config", str(tmp_path), "--user", engineer.username)
+    assert not ChangeRequest.objects.exists(), "an unchanged suite is no change"
+
+    path = tmp_path / "samples" / "ehr-adt-a03-discharged.yaml"
+    path.write_text(path.read_text().replace("name: no visit", "name: no visit at all"))
+    call_command("import_config", str(tmp_path), "--user", engineer.username)
+    cr = ChangeRequest.objects.get()
+    assert (cr.kind, cr.target_key) == (ChangeKind.MAPPING, "ehr-adt-a03-discharged")
+    assert SampleCase.objects.filter(name="no visit").exists(), "nothing changes before deployment"
+    cr = services.change_request_approve(change_request=cr, actor=board_member)
+    services.change_request_deploy(change_request=cr, actor=board_member)
+    names = set(SampleCase.objects.values_list("name", flat=True))
+    assert names == {"home discharge", "no visit at all"}
+
+
+def test_a_sample_suite_without_its_mapping_set_is_reported(tmp_path, engineer, reference):
+    call_command("export_config", str(tmp_path))
+    (tmp_path / "samples" / "ghost.yaml").write_text("mapping_set: ghost\ncases:\n- name: x\n")
+    with pytest.raises(CommandError) as caught:
+        call_command("import_config", str(tmp_path), "--user", engineer.username)
+    assert "samples/ghost.yaml: sample 1: a name and a message are required" in str(caught.value)
+    (tmp_path / "samples" / "ghost.yaml").write_text(
+        "mapping_set: ghost\ncases:\n- {name: x, message: MSH}\n"
+    )
+    with pytest.raises(CommandError, match=r"samples/ghost\.yaml: there is no mappings/ghost\.yaml"):
+        call_command("import_config", str(tmp_path), "--user", engineer.username)
