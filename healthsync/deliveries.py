@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from healthsync.choices import DeliveryStatus, Direction, ExceptionKind, ExceptionStatus
 from healthsync.errors import ConnectorError
+from healthsync.governance.ownership import delivery_block
 from healthsync.inserts import insert_if_new
 from healthsync.models import CanonicalEvent, Connector, Delivery, ExceptionItem
 from healthsync.registry import SendResult, connector_registry, workflow_registry
@@ -171,6 +172,10 @@ def deliver(delivery_id: int) -> str:
         return Delivery.objects.filter(pk=delivery_id).values_list("status", flat=True).first() or ""
     delivery = Delivery.objects.select_related("connector__system").get(pk=delivery_id)
     connector = delivery.connector
+    blocked = delivery_block(delivery)  # a write into a system that does not own the data is never sent
+    if blocked is not None:
+        _notify(blocked)
+        return blocked.status
     wait_until = breaker_gate(connector)
     if wait_until is not None:
         # The destination is known to be down: wait for the breaker without spending an attempt.

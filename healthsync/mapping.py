@@ -276,7 +276,7 @@ def _transform(transform: str, value: str, argument: dict[str, Any], source: str
         except ValueError:
             raise _RuleProblem(f"not an integer{where}") from None
     if transform == Transform.LOOKUP:
-        table = argument.get("table", {})
+        table = argument["table"] if "table" in argument else _code_table(str(argument.get("code_table", "")))
         if value in table:
             return table[value]
         return argument.get("default", value)
@@ -292,6 +292,15 @@ def _transform(transform: str, value: str, argument: dict[str, Any], source: str
         except (IndexError, ValueError):
             raise _RuleProblem("the regex group does not exist in the pattern") from None
     raise _RuleProblem(f"unknown transform {transform!r}")
+
+
+def _code_table(code: str) -> dict[str, Any]:
+    from healthsync.governance.runtime import code_table  # governed code tables (kind code_table)
+
+    table = code_table(code)
+    if table is None:
+        raise _RuleProblem(f"the code table {code!r} does not exist")
+    return table
 
 
 def parse_hl7_datetime(value: str) -> datetime | None:

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('healthsync', '0004_protocols_soap_database_stream'),
+        ('healthsync', '0005_ops_alerts'),
     ]
 
     operations = [
