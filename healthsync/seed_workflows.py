@@ -27,6 +27,11 @@ ERP_OPERATIONS: dict[str, dict[str, str]] = {
     "post_journal": {"method": "POST", "path": "/journal-entries", "result_field": "document_number"},
     "post_ap_invoice": {"method": "POST", "path": "/ap-invoices", "result_field": "document_number"},
     "post_purchase_order": {"method": "POST", "path": "/purchase-orders", "result_field": "document_number"},
+    "post_forecast": {
+        "method": "POST",
+        "path": "/reimbursement-forecasts",
+        "result_field": "document_number",
+    },
 }
 
 
