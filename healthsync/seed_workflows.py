@@ -45,8 +45,21 @@ def _encounter_rules() -> list[dict[str, Any]]:
 
 
 def workflow_mapping_definitions() -> list[dict[str, Any]]:
-    """Mapping sets for the message types the deeper discharge-to-bill-to-cash workflow reads."""
+    """Mapping sets for the message types the deeper workflows read (discharge-to-bill-to-cash, labour)."""
     return [
+        {
+            "code": "payroll-file-received",
+            "name": "Payroll file (labour cost allocation)",
+            "protocol": Protocol.FILE,
+            "message_type": "payroll_allocation",
+            "event_type": "payroll.file_received",
+            "rules": [
+                rule_spec("event.subject", "ROW-period", required=True, description="Payroll period"),
+                rule_spec("rows[].employee_id", "ROW[*]-employee_id"),
+                rule_spec("rows[].department", "ROW[*]-department"),
+                rule_spec("rows[].period", "ROW[*]-period"),
+            ],
+        },
         {
             "code": "ehr-adt-a13-discharge-cancelled",
             "name": "EHR cancel discharge",
@@ -122,6 +135,19 @@ def workflow_schema_definitions() -> dict[str, dict[str, Any]]:
         "properties": {"code": {"type": "string", "minLength": 1}},
     }
     return {
+        "payroll.file_received": {
+            "$schema": JSON_SCHEMA_DIALECT,
+            "title": "Payroll file received",
+            "type": "object",
+            "required": ["rows"],
+            "properties": {
+                "rows": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "object", "required": ["period"], "properties": {"period": _STRING}},
+                }
+            },
+        },
         "encounter.discharge_cancelled": _schema(
             "Discharge cancelled", {"cancelled_at": _STRING}, ["encounter_id"]
         ),
