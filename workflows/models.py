@@ -91,6 +91,12 @@ class ParLevel(models.Model):
     on_hand = models.IntegerField(default=0)
     unit_cost = models.DecimalField(max_digits=12, decimal_places=2, default=0)
     supplier = models.CharField(max_length=80, blank=True)
+    charge_code = models.CharField(
+        max_length=40,
+        blank=True,
+        db_index=True,
+        help_text="Chargemaster code (FT1-7) whose charges use this item; blank: usage comes from a materials feed.",
+    )
 
     class Meta:
         ordering = ["location", "item_code"]

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 
+from connectors.simulators import hl7_builder
 from healthsync import services
 from healthsync.choices import Direction, ExceptionKind, ExceptionStatus, Lane, Protocol, RunStatus
 from healthsync.jobs import job_run
 from healthsync.models import Connector, ExceptionItem, SyncJobRun, System
 from healthsync.pipeline import process_pending
-from tests.pipeline_support import commits
+from tests.pipeline_support import commits, feed
 from tests.workflows.support import emit, workflow_destinations
 from workflows.labour import PayrollFileError, labour_allocation_run, read_payroll_csv
 from workflows.models import AllocationRule, ParLevel, WorkflowRun
@@ -374,3 +375,47 @@ def test_usage_below_par_orders_once_and_a_duplicate_feed_never_double_orders(si
         source="materials",
     )
     assert len(erp.purchase_orders) == 2
+
+
+def _supply_charge(charge_id: str, quantity: str) -> dict:
+    return {
+        "charge_id": charge_id,
+        "code": "272001",
+        "description": "Central line kit",
+        "quantity": quantity,
+        "amount": f"{Decimal(quantity) * 95:.2f}",
+        "unit_amount": "95.00",
+        "cpt": "",
+        "department": "4WEST",
+        "type": "CG",
+    }
+
+
+def test_supply_charges_from_dft_use_stock_and_a_resent_dft_never_double_orders(sims: tuple) -> None:
+    _, erp = sims
+    ParLevel.objects.create(
+        item_code="CVC-KIT",
+        location="4WEST",
+        charge_code="272001",
+        par=10,
+        reorder_point=4,
+        on_hand=6,
+        unit_cost=Decimal("41.00"),
+        supplier="BD",
+    )
+    first = hl7_builder.dft_p03(charges=[*hl7_builder.DEFAULT_CHARGES, _supply_charge("CHG2001", "2")])
+    feed(first)
+    # The same DFT resent under a new control id: the same charge, no second usage.
+    feed(hl7_builder.dft_p03(charges=[*hl7_builder.DEFAULT_CHARGES, _supply_charge("CHG2001", "2")]))
+    feed(hl7_builder.dft_p03(charges=[_supply_charge("CHG2001", "2")]))
+
+    par = ParLevel.objects.get()
+    assert par.on_hand == 4  # the room charge and the lab test are no supplies; CHG2001 counted once
+    assert len(erp.purchase_orders) == 1
+    po = next(iter(erp.purchase_orders.values()))["document"]
+    assert po["lines"][0] == {**po["lines"][0], "item_code": "CVC-KIT", "quantity": 6}
+
+    feed(hl7_builder.dft_p03(charges=[_supply_charge("CHG2002", "1")]))  # more usage, requisition open
+    assert ParLevel.objects.get().on_hand == 3 and len(erp.purchase_orders) == 1
+    run = _run("inventory_replenishment", "CVC-KIT@4WEST")
+    assert run.context["feeds"] == ["charge:CHG2001", "charge:CHG2002"]
