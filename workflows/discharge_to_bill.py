@@ -33,6 +33,7 @@ from healthsync.choices import DeliveryStatus, ExceptionKind, ExceptionStatus, R
 from healthsync.deliveries import connector_for_operation, delivery_request, delivery_reset
 from healthsync.models import CanonicalEvent, Delivery, ExceptionItem
 from healthsync.registry import workflow_registry
+from workflows.exceptions import exception_raise_or_refresh
 from workflows.models import ReimbursementRate, WorkflowRun, WorkflowStep
 
 if TYPE_CHECKING:
@@ -1009,30 +1010,18 @@ def _claim_delivery(run: WorkflowRun) -> Delivery | None:
 def _raise(
     run: WorkflowRun, kind: str, reason: str, detail: dict[str, Any], *, event: CanonicalEvent | None
 ) -> ExceptionItem:
-    """One open exception of a kind per run, refreshed when raised again."""
-    existing = _open_exceptions(run).filter(kind=kind, delivery__isnull=True).first()
-    fields = {
-        "reason": reason,
-        "detail": detail,
-        "facility": run.facility,
-        "payer": run.payer,
-        "amount": run.amount,
-    }
-    if existing is not None:
-        for name, value in fields.items():
-            setattr(existing, name, value)
-        existing.save()
-        item = existing
-    else:
-        item = ExceptionItem.objects.create(
-            kind=kind,
-            workflow=run.workflow,
-            business_key=run.business_key,
-            event=event,
-            message=event.message if event is not None else None,
-            **fields,
-        )
-    run.status = RunStatus.BLOCKED
+    """One open exception of a kind per run (not a delivery's own), refreshed when raised again."""
+    item = exception_raise_or_refresh(
+        run,
+        kind,
+        reason,
+        detail=detail,
+        event=event,
+        without_delivery=True,
+        facility=run.facility,
+        payer=run.payer,
+        amount=run.amount,
+    )
     run.save()
     return item
 
@@ -1173,35 +1162,17 @@ def _step(
 
 
 def _raise_missing_data(run: WorkflowRun, missing: list[str], *, event: CanonicalEvent | None) -> None:
-    reason = missing_reason(run.business_key, missing)
     fix_fields = [field for name, fields in REQUIREMENTS if name in missing for field in fields]
-    detail = {"missing": missing, "fix_fields": fix_fields}
-    fields = {
-        "reason": reason,
-        "detail": detail,
-        "facility": run.facility,
-        "payer": run.payer,
-        "amount": run.amount,
-    }
-    existing = (
-        ExceptionItem.objects.open()
-        .filter(workflow=WORKFLOW, business_key=run.business_key, kind=ExceptionKind.MISSING_DATA)
-        .first()
+    exception_raise_or_refresh(
+        run,
+        ExceptionKind.MISSING_DATA,
+        missing_reason(run.business_key, missing),
+        detail={"missing": missing, "fix_fields": fix_fields},
+        event=event,
+        facility=run.facility,
+        payer=run.payer,
+        amount=run.amount,
     )
-    if existing is not None:
-        for name, value in fields.items():
-            setattr(existing, name, value)
-        existing.save()
-    else:
-        ExceptionItem.objects.create(
-            kind=ExceptionKind.MISSING_DATA,
-            workflow=WORKFLOW,
-            business_key=run.business_key,
-            event=event,
-            message=event.message if event is not None else None,
-            **fields,
-        )
-    run.status = RunStatus.BLOCKED
     run.save()
     logger.info("run %s blocked: %s missing", run.pk, len(missing))
 

@@ -25,8 +25,9 @@ from django.utils import timezone
 
 from healthsync.choices import DeliveryStatus, ExceptionKind, RunStatus
 from healthsync.deliveries import connector_for_operation, delivery_request
-from healthsync.models import CanonicalEvent, Delivery, ExceptionItem, Message
+from healthsync.models import CanonicalEvent, Delivery, Message
 from healthsync.registry import workflow_registry
+from workflows.exceptions import exception_raise_or_refresh
 from workflows.models import AllocationRule, WorkflowRun
 from workflows.runs import record_step, run_for
 
@@ -273,17 +274,5 @@ def on_delivery(delivery: Delivery) -> None:
 
 
 def _raise(run: WorkflowRun, kind: str, reason: str, detail: dict) -> None:
-    existing = (
-        ExceptionItem.objects.open()
-        .filter(workflow=WORKFLOW, business_key=run.business_key, kind=kind)
-        .first()
-    )
-    if existing is not None:
-        existing.reason, existing.detail = reason[:2000], detail
-        existing.save()
-    else:
-        ExceptionItem.objects.create(
-            kind=kind, workflow=WORKFLOW, business_key=run.business_key, reason=reason[:2000], detail=detail
-        )
-    run.status = RunStatus.BLOCKED
+    exception_raise_or_refresh(run, kind, reason, detail=detail)
     run.save()
