@@ -54,8 +54,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--claims",
             choices=("x12", "json"),
-            default="x12",
-            help="How claims go to the RCM: X12 837I (default) or the JSON claims API.",
+            default="json",
+            # JSON stays the default until `demo` re-points rcm-claims-x12's url at the chosen RCM port too.
+            help="How claims go to the RCM: the JSON claims API (default) or X12 837I.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
