@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 
-from healthsync.choices import Protocol, Transform
+from healthsync.choices import Direction, Lane, Protocol, Transform
 from healthsync.models import Connector
 from healthsync.seed import rule_spec, seed_mappings, seed_schemas
 
@@ -27,6 +27,11 @@ ERP_OPERATIONS: dict[str, dict[str, str]] = {
     "post_journal": {"method": "POST", "path": "/journal-entries", "result_field": "document_number"},
     "post_ap_invoice": {"method": "POST", "path": "/ap-invoices", "result_field": "document_number"},
     "post_purchase_order": {"method": "POST", "path": "/purchase-orders", "result_field": "document_number"},
+    "post_forecast": {
+        "method": "POST",
+        "path": "/reimbursement-forecasts",
+        "result_field": "document_number",
+    },
 }
 
 
@@ -40,8 +45,21 @@ def _encounter_rules() -> list[dict[str, Any]]:
 
 
 def workflow_mapping_definitions() -> list[dict[str, Any]]:
-    """Mapping sets for the message types the deeper discharge-to-bill-to-cash workflow reads."""
+    """Mapping sets for the message types the deeper workflows read (discharge-to-bill-to-cash, labour)."""
     return [
+        {
+            "code": "payroll-file-received",
+            "name": "Payroll file (labour cost allocation)",
+            "protocol": Protocol.FILE,
+            "message_type": "payroll_allocation",
+            "event_type": "payroll.file_received",
+            "rules": [
+                rule_spec("event.subject", "ROW-period", required=True, description="Payroll period"),
+                rule_spec("rows[].employee_id", "ROW[*]-employee_id"),
+                rule_spec("rows[].department", "ROW[*]-department"),
+                rule_spec("rows[].period", "ROW[*]-period"),
+            ],
+        },
         {
             "code": "ehr-adt-a13-discharge-cancelled",
             "name": "EHR cancel discharge",
@@ -117,6 +135,19 @@ def workflow_schema_definitions() -> dict[str, dict[str, Any]]:
         "properties": {"code": {"type": "string", "minLength": 1}},
     }
     return {
+        "payroll.file_received": {
+            "$schema": JSON_SCHEMA_DIALECT,
+            "title": "Payroll file received",
+            "type": "object",
+            "required": ["rows"],
+            "properties": {
+                "rows": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "object", "required": ["period"], "properties": {"period": _STRING}},
+                }
+            },
+        },
         "encounter.discharge_cancelled": _schema(
             "Discharge cancelled", {"cancelled_at": _STRING}, ["encounter_id"]
         ),
@@ -159,3 +190,50 @@ def seed_workflow_config(*, actor: User | None = None) -> None:
         if missing:
             erp.config = {**erp.config, "operations": {**operations, **missing}}
             erp.save(update_fields=["config"])
+
+
+X12_CLAIMS_CONNECTOR = "rcm-claims-x12"
+
+
+@transaction.atomic
+def claims_route_x12(*, url: str | None = None, claim_type: str = "837I") -> Connector:
+    """Send claims to the RCM as X12 837s: an enabled X12 connector offering submit_claim, the JSON one disabled.
+
+    connector_for_operation() picks the first enabled outbound connector offering an operation, so claims go
+    as 837s while this connector is enabled and as JSON once it is disabled and rcm-claims enabled again.
+    `url` defaults to the JSON connector's base URL + /x12/837 (the RCM simulator speaks both).
+    """
+    rest = Connector.objects.filter(code="rcm-claims").first()
+    if url is None:
+        base = str(((rest.config or {}).get("base_url") if rest else "") or "http://127.0.0.1:8101")
+        url = base.rstrip("/") + "/x12/837"
+    system = rest.system if rest is not None else None
+    connector = Connector.objects.filter(code=X12_CLAIMS_CONNECTOR).first()
+    config = {
+        "transport": "http",
+        "url": url,
+        "claim_type": claim_type,
+        "x12": {"sender_id": "HEALTHSYNC", "receiver_id": "RCMSIM", "usage": "T"},
+        # What connector_for_operation looks for; the X12 adapter builds the 837 from the claim payload.
+        "operations": {"submit_claim": {"result_field": "batch"}},
+    }
+    if connector is None:
+        assert system is not None, "seed the reference config (rcm-claims) first"
+        connector = Connector.objects.create(
+            system=system,
+            code=X12_CLAIMS_CONNECTOR,
+            name="RCM claims (X12 837)",
+            direction=Direction.OUTBOUND,
+            protocol=Protocol.X12,
+            lane=Lane.FINANCIAL,
+            config=config,
+            is_enabled=True,
+        )
+    else:
+        connector.config = {**(connector.config or {}), **config}
+        connector.is_enabled = True
+        connector.save()
+    if rest is not None and rest.is_enabled:
+        rest.is_enabled = False
+        rest.save()
+    return connector

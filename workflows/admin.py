@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from workflows.models import AllocationRule, ParLevel
+from workflows.models import AllocationRule, ParLevel, ReimbursementRate
 
 
 @admin.register(AllocationRule)
@@ -16,3 +16,10 @@ class ParLevelAdmin(admin.ModelAdmin):
     list_display = ("item_code", "location", "on_hand", "reorder_point", "par", "supplier")
     list_filter = ("location",)
     search_fields = ("item_code", "description")
+
+
+@admin.register(ReimbursementRate)
+class ReimbursementRateAdmin(admin.ModelAdmin):
+    list_display = ("payer_id", "payer_name", "percent", "is_active", "approved_by")
+    list_filter = ("is_active",)
+    search_fields = ("payer_id", "payer_name")

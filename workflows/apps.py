@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.conf import settings
 
 
 class WorkflowsConfig(AppConfig):
@@ -28,6 +29,16 @@ class WorkflowsConfig(AppConfig):
                 minutes=15,
                 lane=Lane.FINANCIAL,
                 counter="released",
+            )
+        )
+        register_job(
+            JobSpec(
+                "labour-allocation",
+                "workflows.tasks.labour_allocation",
+                daily_at=getattr(settings, "HEALTHSYNC_LABOUR_WINDOW", "02:00"),
+                lane=Lane.BATCH,
+                counter="allocated",
+                description="Allocate payroll files received through the file connector to cost centres.",
             )
         )
         exception_closed.connect(_on_exception_closed, dispatch_uid="workflows.exception_closed")

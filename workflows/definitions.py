@@ -117,6 +117,7 @@ LABOUR_ALLOCATION = Workflow(
     criticality="medium",
     recovery="Fix the payroll file or the allocation rules and rerun the period; a rerun posts nothing twice.",
     steps=(
+        Step("payroll_received", "Payroll file received", ("payroll_read",), sla=DAY, system="Payroll"),
         Step("payroll_read", "Payroll file read", ("allocated",), system="Payroll"),
         Step("allocated", "Allocated to cost centres", ("journal_posted",), sla=HOUR),
         Step("journal_posted", "Journal posted", (), system="ERP"),

@@ -33,7 +33,8 @@ from healthsync.choices import DeliveryStatus, ExceptionKind, ExceptionStatus, R
 from healthsync.deliveries import connector_for_operation, delivery_request, delivery_reset
 from healthsync.models import CanonicalEvent, Delivery, ExceptionItem
 from healthsync.registry import workflow_registry
-from workflows.models import WorkflowRun, WorkflowStep
+from workflows.exceptions import exception_raise_or_refresh
+from workflows.models import ReimbursementRate, WorkflowRun, WorkflowStep
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -46,6 +47,9 @@ WORKFLOW = "discharge_to_bill"
 CLAIM_OPERATION = "submit_claim"
 ACCRUAL_OPERATION = "post_accrual"
 JOURNAL_OPERATION = "post_journal"
+FORECAST_OPERATION = "post_forecast"
+# The reimbursement rate table's default row, for payers without a contract rate of their own.
+DEFAULT_PAYER = "*"
 RECEIVABLE_ACCOUNT = ("1200", "Patient accounts receivable")
 PATIENT_RECEIVABLE_ACCOUNT = ("1210", "Patient responsibility receivable")
 REVENUE_ACCOUNT = ("4000", "Patient service revenue")
@@ -66,6 +70,10 @@ _RESERVED = {
     "corrected_claims",
     "remits",
     "bill_hold_until",
+    "accrual_key",
+    "accrued",
+    "forecast",
+    "voided_claims",
 }
 
 # What billing needs, in the order people read it, with the fields that complete it.
@@ -189,20 +197,22 @@ def advance(run: WorkflowRun, *, event: CanonicalEvent | None = None, now: datet
     run.status = RunStatus.ACTIVE
     encounter_id = run.business_key
     source = run.context.get("source_system") or (event.source if event else "unknown")
+    # Version 1 for the first claim; a claim after a void (A13 then A03 again) takes the next version.
+    version = int(run.context.get("claim_version") or 0) + 1
     delivery = delivery_request(
         connector=connector_for_operation(CLAIM_OPERATION),
         operation=CLAIM_OPERATION,
         payload=claim_payload(run),
-        idempotency_key=f"{source}:claim:{encounter_id}:1",
+        idempotency_key=f"{source}:claim:{encounter_id}:{version}",
         workflow=WORKFLOW,
         business_key=encounter_id,
         event=event,
     )
     run.context["claim_delivery_id"] = delivery.pk
-    run.context["claim_version"] = 1
+    run.context["claim_version"] = version
     if run.amount > 0:
         # The revenue is accrued when the claim is ready, not when the payer answers.
-        key = f"{source}:accrual:{encounter_id}:1"
+        key = f"{source}:accrual:{encounter_id}:{version}"
         delivery_request(
             connector=connector_for_operation(ACCRUAL_OPERATION),
             operation=ACCRUAL_OPERATION,
@@ -212,6 +222,9 @@ def advance(run: WorkflowRun, *, event: CanonicalEvent | None = None, now: datet
             business_key=encounter_id,
             event=event,
         )
+        run.context["accrual_key"] = key
+        run.context["accrued"] = str(run.amount)
+        _request_forecast(run, f"{source}:forecast:{encounter_id}:{version}", event=event)
     run.save()
 
 
@@ -260,6 +273,13 @@ def on_delivery(delivery: Delivery) -> None:
     if delivery.status != DeliveryStatus.SUCCEEDED:
         return
     if delivery.operation == CLAIM_OPERATION:
+        if (delivery.payload or {}).get("claim_frequency") == "8":
+            for void in run.context.get("voided_claims", []):
+                if void.get("key") == delivery.idempotency_key:
+                    void["void_claim_id"] = delivery.external_id
+            _record(run, "claim_voided", delivery=delivery, note=delivery.external_id)
+            run.save()
+            return
         if (delivery.payload or {}).get("claim_frequency") == "7":
             run.context.setdefault("corrected_claims", []).append(delivery.external_id)
             _step(
@@ -276,7 +296,12 @@ def on_delivery(delivery: Delivery) -> None:
         if run.context.get("correction_pending"):
             _send_correction_if_due(run, event=delivery.event)
     elif delivery.operation == ACCRUAL_OPERATION:
-        if not delivery.idempotency_key.endswith(":1"):
+        if ":accrual-reversal:" in delivery.idempotency_key:
+            _record(run, "accrual_reversed", delivery=delivery, note=delivery.external_id)
+            run.save()
+            return
+        main_key = run.context.get("accrual_key")
+        if delivery.idempotency_key != main_key and (main_key or not delivery.idempotency_key.endswith(":1")):
             run.context.setdefault("accrual_adjustments", []).append(delivery.external_id)
             run.save()
             return
@@ -284,6 +309,14 @@ def on_delivery(delivery: Delivery) -> None:
         _step(run, "accrual_posted", timezone.now(), delivery=delivery, note=delivery.external_id)
         if _has_step(run, "claim_submitted"):
             _complete(run)
+        run.save()
+    elif delivery.operation == FORECAST_OPERATION:
+        forecast = run.context.get("forecast") or {}
+        if delivery.idempotency_key == forecast.get("key"):
+            forecast["document_number"] = delivery.external_id
+            _record(run, "forecast_posted", delivery=delivery, note=delivery.external_id)
+        elif ":trueup:" in delivery.idempotency_key:
+            _record(run, "forecast_trued_up", delivery=delivery, note=delivery.external_id)
         run.save()
     elif delivery.operation == JOURNAL_OPERATION and ":cash:" in delivery.idempotency_key:
         remits = run.context.setdefault("remits", {})
@@ -452,30 +485,37 @@ def claim_payload(run: WorkflowRun) -> dict[str, Any]:
 
 
 def accrual_payload(
-    run: WorkflowRun, external_reference: str, *, amount: Decimal | None = None
+    run: WorkflowRun, external_reference: str, *, amount: Decimal | None = None, reverse: bool = False
 ) -> dict[str, Any]:
-    """A balanced revenue accrual: debit receivables, credit revenue, for the account's charges."""
+    """A balanced revenue accrual: debit receivables, credit revenue, for the account's charges.
+
+    reverse=True swaps the sides: the reversal of a voided claim's accrual.
+    """
     amount = str(total_charges(run.context) if amount is None else amount)
     discharged = _when(run.context.get("discharged_at")) or timezone.now()
     cost_center = run.facility or run.context.get("facility", "")
+    debit, credit = (
+        (REVENUE_ACCOUNT, RECEIVABLE_ACCOUNT) if reverse else (RECEIVABLE_ACCOUNT, REVENUE_ACCOUNT)
+    )
+    what = "Reversal of revenue accrual" if reverse else "Revenue accrual"
     return {
         "external_reference": external_reference,
         "journal_date": discharged.date().isoformat(),
         "period": discharged.strftime("%Y-%m"),
         "currency": "USD",
-        "description": f"Revenue accrual, encounter {run.business_key}, claim {run.context.get('claim_id', '')}",
+        "description": f"{what}, encounter {run.business_key}, claim {run.context.get('claim_id', '')}",
         "source_document": run.context.get("claim_id", ""),
         "lines": [
             {
-                "account": RECEIVABLE_ACCOUNT[0],
-                "account_name": RECEIVABLE_ACCOUNT[1],
+                "account": debit[0],
+                "account_name": debit[1],
                 "cost_center": cost_center,
                 "debit": amount,
                 "credit": "0.00",
             },
             {
-                "account": REVENUE_ACCOUNT[0],
-                "account_name": REVENUE_ACCOUNT[1],
+                "account": credit[0],
+                "account_name": credit[1],
                 "cost_center": cost_center,
                 "debit": "0.00",
                 "credit": amount,
@@ -493,22 +533,10 @@ def on_discharge_cancelled(event: CanonicalEvent) -> None:
     when = _when(event.data.get("cancelled_at")) or event.occurred_at or timezone.now()
     claim = _claim_delivery(run)
     if claim is not None and claim.status == DeliveryStatus.SUCCEEDED:
-        # The payer already has the claim: only a person can void it, so say so instead of unwinding.
-        _raise(
-            run,
-            ExceptionKind.MISMATCH,
-            f"Discharge of encounter {run.business_key} was cancelled after claim "
-            f"{run.context.get('claim_id', '')} was submitted: void or correct the claim in the RCM.",
-            {"claim_id": run.context.get("claim_id", "")},
-            event=event,
-        )
-        WorkflowStep.objects.update_or_create(
-            run=run, step="discharge_cancelled", defaults={"occurred_at": when, "event": event}
-        )
-        _forget_steps(run)
-        run.save()
-        return
-    run.steps.filter(step__in=["discharged", "bill_hold_released", "claim_ready"]).delete()
+        # The payer already has the claim: void it and reverse what the ERP was told, then wait for the
+        # discharge again; the next A03 sends a replacement claim under the next version.
+        _void_claim(run, event=event)
+    run.steps.filter(step__in=UNDONE_BY_CANCEL).delete()
     _forget_steps(run)
     WorkflowStep.objects.update_or_create(
         run=run, step="discharge_cancelled", defaults={"occurred_at": when, "event": event, "note": "A13"}
@@ -523,6 +551,184 @@ def on_discharge_cancelled(event: CanonicalEvent) -> None:
         item.resolution_note = "Withdrawn: the discharge was cancelled (ADT^A13)."
         item.save(update_fields=["status", "resolved_at", "resolution_note", "updated_at"])
     run.save()
+
+
+# Steps a cancelled discharge undoes: they are reached again by the next discharge and its claim.
+UNDONE_BY_CANCEL = [
+    "discharged",
+    "bill_hold_released",
+    "claim_ready",
+    "claim_submitted",
+    "accrual_posted",
+    "forecast_posted",
+    "late_charge_posted",
+    "corrected_claim_submitted",
+    "claim_accepted",
+]
+
+
+def _void_claim(run: WorkflowRun, *, event: CanonicalEvent | None) -> None:
+    """Void the submitted claim (frequency 8) and reverse its accrual and forecast, each exactly once."""
+    source = run.context.get("source_system", "unknown")
+    version = int(run.context.get("claim_version") or 1)
+    claim_id = run.context.get("claim_id", "")
+    void_key = f"{source}:void:{run.business_key}:{version}"
+    payload = claim_payload(run)
+    payload["claim_frequency"] = "8"
+    payload["original_claim_id"] = claim_id
+    delivery_request(
+        connector=connector_for_operation(CLAIM_OPERATION),
+        operation=CLAIM_OPERATION,
+        payload=payload,
+        idempotency_key=void_key,
+        workflow=WORKFLOW,
+        business_key=run.business_key,
+        event=event,
+    )
+    accrued = _accrued_total(run)
+    reversal_key = ""
+    if accrued > 0:
+        reversal_key = f"{source}:accrual-reversal:{run.business_key}:{version}"
+        reversal = accrual_payload(run, reversal_key, amount=accrued, reverse=True)
+        delivery_request(
+            connector=connector_for_operation(ACCRUAL_OPERATION),
+            operation=ACCRUAL_OPERATION,
+            payload=reversal,
+            idempotency_key=reversal_key,
+            workflow=WORKFLOW,
+            business_key=run.business_key,
+            event=event,
+        )
+    forecast = run.context.get("forecast") or {}
+    if forecast.get("key"):
+        _post_forecast_change(run, "reversal", -_decimal(forecast.get("expected")), version, event=event)
+    run.context.setdefault("voided_claims", []).append(
+        {
+            "claim_id": claim_id,
+            "version": version,
+            "key": void_key,
+            "accrual_reversal_key": reversal_key,
+            "amount": str(accrued),
+        }
+    )
+    for key in (
+        "claim_delivery_id",
+        "claim_id",
+        "journal_document_number",
+        "accrual_key",
+        "accrued",
+        "forecast",
+    ):
+        run.context.pop(key, None)
+    run.context["accrual_versions"] = []
+    run.context["correction_pending"] = False
+    run.completed_at = None
+
+
+def _accrued_total(run: WorkflowRun) -> Decimal:
+    """What the ERP holds accrued for the current claim: the claim-ready accrual plus late-charge accruals."""
+    if run.context.get("accrued") is not None:
+        accrued = _decimal(run.context["accrued"])
+    else:
+        claim = _claim_delivery(run)
+        accrued = _decimal((claim.payload or {}).get("total_charges") if claim else 0)
+    for delta in run.context.get("accrual_versions", []):
+        accrued += _decimal(delta)
+    return accrued
+
+
+# Expected reimbursement -------------------------------------------------------------------------------------
+
+
+def reimbursement_percent(payer_id: str) -> tuple[Decimal, str] | None:
+    """(percent of charges, basis): the payer's governed contract rate, else the table's default row ("*").
+
+    None when neither exists: no forecast is posted (the accrual still is).
+    """
+    rates = {
+        rate.payer_id: rate
+        for rate in ReimbursementRate.objects.filter(is_active=True, payer_id__in=[payer_id, DEFAULT_PAYER])
+    }
+    if payer_id in rates:
+        return rates[payer_id].percent, f"contract rate {payer_id}"
+    if DEFAULT_PAYER in rates:
+        return rates[DEFAULT_PAYER].percent, "default rate"
+    return None
+
+
+def _request_forecast(run: WorkflowRun, key: str, *, event: CanonicalEvent | None) -> None:
+    """Tell the ERP what the payer is expected to pay for the claim (once per claim version)."""
+    payer_id = str((run.context.get("coverage") or {}).get("payer_id") or "")
+    rate = reimbursement_percent(payer_id)
+    if rate is None:
+        return
+    percent, basis = rate
+    expected = (run.amount * percent / 100).quantize(Decimal("0.01"))
+    payload = _forecast_payload(run, key, "forecast", expected)
+    payload.update({"billed": str(run.amount), "percent": str(percent), "basis": basis})
+    delivery_request(
+        connector=connector_for_operation(FORECAST_OPERATION),
+        operation=FORECAST_OPERATION,
+        payload=payload,
+        idempotency_key=key,
+        workflow=WORKFLOW,
+        business_key=run.business_key,
+        event=event,
+    )
+    run.context["forecast"] = {"key": key, "expected": str(expected), "percent": str(percent), "basis": basis}
+
+
+def _post_forecast_change(
+    run: WorkflowRun, kind: str, amount: Decimal, version: int, *, event: CanonicalEvent | None
+) -> None:
+    """A true-up (actual minus expected, at remittance) or a reversal (the claim was voided) of the forecast."""
+    forecast = run.context.get("forecast") or {}
+    source = run.context.get("source_system", "unknown")
+    key = f"{source}:{'trueup' if kind == 'true_up' else 'forecast-reversal'}:{run.business_key}:{version}"
+    payload = _forecast_payload(run, key, kind, amount)
+    payload["forecast_reference"] = forecast.get("key", "")
+    delivery_request(
+        connector=connector_for_operation(FORECAST_OPERATION),
+        operation=FORECAST_OPERATION,
+        payload=payload,
+        idempotency_key=key,
+        workflow=WORKFLOW,
+        business_key=run.business_key,
+        event=event,
+    )
+
+
+def _forecast_payload(run: WorkflowRun, key: str, kind: str, amount: Decimal) -> dict[str, Any]:
+    coverage = run.context.get("coverage") or {}
+    when = _when(run.context.get("discharged_at")) or timezone.now()
+    return {
+        "external_reference": key,
+        "kind": kind,
+        "amount": f"{amount:.2f}",
+        "currency": "USD",
+        "period": when.strftime("%Y-%m"),
+        "encounter": run.business_key,
+        "claim_id": run.context.get("claim_id", ""),
+        "payer_id": coverage.get("payer_id", ""),
+        "cost_center": run.facility or run.context.get("facility", ""),
+    }
+
+
+def _record(
+    run: WorkflowRun,
+    step: str,
+    *,
+    event: CanonicalEvent | None = None,
+    delivery: Delivery | None = None,
+    note: str = "",
+) -> None:
+    """Record (or refresh, when it happens again) a side step without moving the run's current step."""
+    WorkflowStep.objects.update_or_create(
+        run=run,
+        step=step,
+        defaults={"occurred_at": timezone.now(), "event": event, "delivery": delivery, "note": note[:300]},
+    )
+    _forget_steps(run)
 
 
 def on_documentation_completed(event: CanonicalEvent) -> None:
@@ -565,10 +771,7 @@ def _send_correction_if_due(run: WorkflowRun, *, event: CanonicalEvent | None) -
         business_key=run.business_key,
         event=event,
     )
-    accrued = Decimal(str((claim.payload or {}).get("total_charges") or "0"))
-    for key in run.context.get("accrual_versions", []):
-        accrued += Decimal(key)
-    delta = total_charges(run.context) - accrued
+    delta = total_charges(run.context) - _accrued_total(run)
     if delta > 0:
         key = f"{source}:accrual:{run.business_key}:{version}"
         adjustment = accrual_payload(run, key, amount=delta)
@@ -672,6 +875,14 @@ def on_claim_paid(event: CanonicalEvent) -> None:
     claim_id = str(data.get("claim_id") or run.context.get("claim_id") or run.business_key)
     key = f"{source}:cash:{claim_id}:{trace}"
     payload = cash_payload(run, data, key, trace)
+    forecast = run.context.get("forecast") or {}
+    if forecast.get("key") and not forecast.get("trued_up"):
+        # The first remittance of the claim settles the forecast: the difference is posted as its true-up.
+        actual = _decimal(data.get("paid_amount")) + _decimal(data.get("patient_responsibility"))
+        difference = actual - _decimal(forecast.get("expected"))
+        forecast.update({"trued_up": True, "actual": str(actual), "difference": str(difference)})
+        version = int(run.context.get("claim_version") or 1)
+        _post_forecast_change(run, "true_up", difference, version, event=event)
     run.save()
     if payload is None:
         return
@@ -799,30 +1010,18 @@ def _claim_delivery(run: WorkflowRun) -> Delivery | None:
 def _raise(
     run: WorkflowRun, kind: str, reason: str, detail: dict[str, Any], *, event: CanonicalEvent | None
 ) -> ExceptionItem:
-    """One open exception of a kind per run, refreshed when raised again."""
-    existing = _open_exceptions(run).filter(kind=kind, delivery__isnull=True).first()
-    fields = {
-        "reason": reason,
-        "detail": detail,
-        "facility": run.facility,
-        "payer": run.payer,
-        "amount": run.amount,
-    }
-    if existing is not None:
-        for name, value in fields.items():
-            setattr(existing, name, value)
-        existing.save()
-        item = existing
-    else:
-        item = ExceptionItem.objects.create(
-            kind=kind,
-            workflow=run.workflow,
-            business_key=run.business_key,
-            event=event,
-            message=event.message if event is not None else None,
-            **fields,
-        )
-    run.status = RunStatus.BLOCKED
+    """One open exception of a kind per run (not a delivery's own), refreshed when raised again."""
+    item = exception_raise_or_refresh(
+        run,
+        kind,
+        reason,
+        detail=detail,
+        event=event,
+        without_delivery=True,
+        facility=run.facility,
+        payer=run.payer,
+        amount=run.amount,
+    )
     run.save()
     return item
 
@@ -963,35 +1162,17 @@ def _step(
 
 
 def _raise_missing_data(run: WorkflowRun, missing: list[str], *, event: CanonicalEvent | None) -> None:
-    reason = missing_reason(run.business_key, missing)
     fix_fields = [field for name, fields in REQUIREMENTS if name in missing for field in fields]
-    detail = {"missing": missing, "fix_fields": fix_fields}
-    fields = {
-        "reason": reason,
-        "detail": detail,
-        "facility": run.facility,
-        "payer": run.payer,
-        "amount": run.amount,
-    }
-    existing = (
-        ExceptionItem.objects.open()
-        .filter(workflow=WORKFLOW, business_key=run.business_key, kind=ExceptionKind.MISSING_DATA)
-        .first()
+    exception_raise_or_refresh(
+        run,
+        ExceptionKind.MISSING_DATA,
+        missing_reason(run.business_key, missing),
+        detail={"missing": missing, "fix_fields": fix_fields},
+        event=event,
+        facility=run.facility,
+        payer=run.payer,
+        amount=run.amount,
     )
-    if existing is not None:
-        for name, value in fields.items():
-            setattr(existing, name, value)
-        existing.save()
-    else:
-        ExceptionItem.objects.create(
-            kind=ExceptionKind.MISSING_DATA,
-            workflow=WORKFLOW,
-            business_key=run.business_key,
-            event=event,
-            message=event.message if event is not None else None,
-            **fields,
-        )
-    run.status = RunStatus.BLOCKED
     run.save()
     logger.info("run %s blocked: %s missing", run.pk, len(missing))
 

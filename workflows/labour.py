@@ -1,6 +1,11 @@
 """Labour cost allocation: a batch window reads the payroll file, allocates each department's cost to cost
 centres by the governed AllocationRule rows and posts one balanced journal per period to the ERP.
 
+The payroll file arrives through a file connector (connectors/files: a folder or SFTP drop polled by the
+"files-poll" job, message type "payroll_allocation"); its mapping emits payroll.file_received, which marks the
+periods in the file as waiting. The "labour-allocation" job (the batch window) allocates every waiting period
+from the stored file's bytes.
+
 The journal's external reference is the period, so a rerun of the same period posts nothing new; a rerun with
 a different file for an already-posted period raises a mismatch instead of posting a second journal.
 """
@@ -20,8 +25,9 @@ from django.utils import timezone
 
 from healthsync.choices import DeliveryStatus, ExceptionKind, RunStatus
 from healthsync.deliveries import connector_for_operation, delivery_request
-from healthsync.models import Delivery, ExceptionItem
+from healthsync.models import CanonicalEvent, Delivery, Message
 from healthsync.registry import workflow_registry
+from workflows.exceptions import exception_raise_or_refresh
 from workflows.models import AllocationRule, WorkflowRun
 from workflows.runs import record_step, run_for
 
@@ -54,8 +60,53 @@ class PayrollLine:
     cost: Decimal
 
 
+PAYROLL_MESSAGE_TYPE = "payroll_allocation"
+PAYROLL_EVENT = "payroll.file_received"
+
+
 def register() -> None:
     workflow_registry.on_delivery(WORKFLOW, on_delivery)
+    if on_payroll_file not in workflow_registry.handlers_for(PAYROLL_EVENT):
+        workflow_registry.on_event(PAYROLL_EVENT, on_payroll_file)
+
+
+def on_payroll_file(event: CanonicalEvent) -> None:
+    """A payroll file was stored: each period in it waits for the batch window (the newest file wins)."""
+    periods = sorted({str(row.get("period") or "") for row in event.data.get("rows") or []} - {""})
+    for period in periods or [event.subject]:
+        run = run_for(WORKFLOW, period)
+        run.context["pending_message_id"] = event.message_id
+        run.context["source"] = event.source
+        record_step(run, "payroll_received", event.occurred_at, event=event, note=event.source_ref)
+        if run.status == RunStatus.COMPLETED and run.context.get("journal_key"):
+            run.step = "journal_posted"
+        run.save()
+
+
+def allocate_waiting_periods() -> int:
+    """The batch window: allocate every period whose payroll file has arrived; returns how many were run.
+
+    A period's file is taken off the waiting list in the same transaction that allocates it, so a window
+    that runs twice allocates it once (and the journal's key makes a second posting impossible anyway).
+    """
+    count = 0
+    waiting = WorkflowRun.objects.filter(workflow=WORKFLOW, context__has_key="pending_message_id")
+    for period in waiting.order_by("business_key").values_list("business_key", flat=True):
+        with transaction.atomic():
+            run = run_for(WORKFLOW, period)
+            message_id = run.context.pop("pending_message_id", None)
+            if message_id is None:
+                continue
+            run.save()
+            message = Message.objects.filter(pk=message_id).first()
+            raw = bytes(message.raw) if message is not None else b""
+            try:
+                text = raw.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                text = ""
+            labour_allocation_run(period=period, csv_text=text, source=run.context.get("source") or "payroll")
+            count += 1
+    return count
 
 
 def read_payroll_csv(text: str) -> list[PayrollLine]:
@@ -223,17 +274,5 @@ def on_delivery(delivery: Delivery) -> None:
 
 
 def _raise(run: WorkflowRun, kind: str, reason: str, detail: dict) -> None:
-    existing = (
-        ExceptionItem.objects.open()
-        .filter(workflow=WORKFLOW, business_key=run.business_key, kind=kind)
-        .first()
-    )
-    if existing is not None:
-        existing.reason, existing.detail = reason[:2000], detail
-        existing.save()
-    else:
-        ExceptionItem.objects.create(
-            kind=kind, workflow=WORKFLOW, business_key=run.business_key, reason=reason[:2000], detail=detail
-        )
-    run.status = RunStatus.BLOCKED
+    exception_raise_or_refresh(run, kind, reason, detail=detail)
     run.save()

@@ -91,6 +91,12 @@ class ParLevel(models.Model):
     on_hand = models.IntegerField(default=0)
     unit_cost = models.DecimalField(max_digits=12, decimal_places=2, default=0)
     supplier = models.CharField(max_length=80, blank=True)
+    charge_code = models.CharField(
+        max_length=40,
+        blank=True,
+        db_index=True,
+        help_text="Chargemaster code (FT1-7) whose charges use this item; blank: usage comes from a materials feed.",
+    )
 
     class Meta:
         ordering = ["location", "item_code"]
@@ -103,3 +109,31 @@ class ParLevel(models.Model):
 # Allocation rules and par levels are governed configuration: every change is in the audit log.
 auditlog.register(AllocationRule)
 auditlog.register(ParLevel)
+
+
+class ReimbursementRate(models.Model):
+    """A governed payer contract rate: the share of billed charges a payer is expected to reimburse.
+
+    The row with payer_id "*" is the default for payers without a rate of their own; with neither, no
+    forecast is posted.
+    """
+
+    payer_id = models.CharField(
+        max_length=80, unique=True, help_text='Payer id as on the claim (NM1*PR); "*" for the default.'
+    )
+    payer_name = models.CharField(max_length=120, blank=True)
+    percent = models.DecimalField(max_digits=5, decimal_places=2, help_text="Percent of billed charges.")
+    is_active = models.BooleanField(default=True)
+    approved_by = models.ForeignKey(
+        "auth.User", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["payer_id"]
+
+    def __str__(self) -> str:
+        return f"{self.payer_id} {self.percent}%"
+
+
+auditlog.register(ReimbursementRate)

@@ -19,6 +19,7 @@ from healthsync.choices import DeliveryStatus, ExceptionKind, ExceptionStatus, R
 from healthsync.deliveries import connector_for_operation, delivery_request, delivery_reset
 from healthsync.models import CanonicalEvent, Delivery, ExceptionItem
 from healthsync.registry import workflow_registry
+from workflows.exceptions import exception_raise_or_refresh
 from workflows.models import WorkflowRun
 from workflows.runs import record_step, run_for
 
@@ -265,44 +266,23 @@ def on_retry(exception: ExceptionItem, fixes: dict[str, str], actor: User) -> No
 def _raise_mismatch(
     run: WorkflowRun, number: str, invoice: dict[str, Any], problems: list[str], event: CanonicalEvent | None
 ) -> None:
-    reason = f"Invoice {number} does not match purchase order {run.business_key}: " + "; ".join(problems)
-    fields = {
-        "reason": reason[:2000],
-        "detail": {
+    exception_raise_or_refresh(
+        run,
+        ExceptionKind.MISMATCH,
+        f"Invoice {number} does not match purchase order {run.business_key}: " + "; ".join(problems),
+        detail={
             "invoice_number": number,
             "problems": problems,
             "fix_fields": [
-                {
-                    "name": VARIANCE_FIELD,
-                    "label": "Variance approved by (name and reason)",
-                    "required": True,
-                }
+                {"name": VARIANCE_FIELD, "label": "Variance approved by (name and reason)", "required": True}
             ],
         },
-        "facility": run.facility,
-        "payer": invoice.get("supplier", "")[:120],
-        "amount": _amount(invoice.get("amount")),
-    }
-    existing = (
-        ExceptionItem.objects.open()
-        .filter(workflow=WORKFLOW, business_key=run.business_key, kind=ExceptionKind.MISMATCH)
-        .filter(detail__invoice_number=number)
-        .first()
+        event=event,
+        match={"detail__invoice_number": number},
+        facility=run.facility,
+        payer=invoice.get("supplier", "")[:120],
+        amount=_amount(invoice.get("amount")),
     )
-    if existing is not None:
-        for name, value in fields.items():
-            setattr(existing, name, value)
-        existing.save()
-    else:
-        ExceptionItem.objects.create(
-            kind=ExceptionKind.MISMATCH,
-            workflow=WORKFLOW,
-            business_key=run.business_key,
-            event=event if event is not None and event.pk else None,
-            message=event.message if event is not None else None,
-            **fields,
-        )
-    run.status = RunStatus.BLOCKED
 
 
 def _resolve(run: WorkflowRun, number: str, note: str) -> None:

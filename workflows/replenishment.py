@@ -2,10 +2,13 @@
 
 One WorkflowRun per item at a location. A usage feed is applied once per feed id (a duplicate feed changes
 nothing), and a requisition stays open until its stock is received, so repeated usage never double-orders.
+Usage comes from a materials feed (supply.used) or from supply charges (charge.posted from DFT^P03: a charge
+whose chargemaster code is a ParLevel's charge_code), each charge id counted once.
 """
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.utils import timezone
@@ -22,7 +25,11 @@ PO_OPERATION = "post_purchase_order"
 
 
 def register() -> None:
-    for event_type, handler in (("supply.used", on_usage), ("supply.received", on_supply_received)):
+    for event_type, handler in (
+        ("supply.used", on_usage),
+        ("supply.received", on_supply_received),
+        ("charge.posted", on_charges),
+    ):
         if handler not in workflow_registry.handlers_for(event_type):
             workflow_registry.on_event(event_type, handler)
     workflow_registry.on_delivery(WORKFLOW, on_delivery)
@@ -40,20 +47,50 @@ def on_usage(event: CanonicalEvent) -> None:
     for line in data.get("items") or []:
         item_code = str(line.get("item_code") or "")
         par = ParLevel.objects.select_for_update().filter(item_code=item_code, location=location).first()
-        if par is None:
-            continue  # items without a par level are not stocked here
-        run = run_for(WORKFLOW, _key(item_code, location))
-        feeds = run.context.setdefault("feeds", [])
-        if feed_id in feeds:
+        if par is not None:  # items without a par level are not stocked here
+            _use(par, _quantity(line.get("quantity")), feed_id, event)
+
+
+def on_charges(event: CanonicalEvent) -> None:
+    """DFT^P03 supply charges: a charge whose chargemaster code is a stocked item's uses that item.
+
+    The charge id is the feed id, so a DFT sent twice (or a charge repeated in a later DFT) uses stock once.
+    A credit (FT1-6 CD) is not usage: the supply was not used up, so it is left to a stock count.
+    """
+    for charge in event.data.get("charges") or []:
+        code = str(charge.get("chargemaster_code") or "")
+        if not code or charge.get("type", "CG") != "CG":
             continue
-        feeds.append(feed_id)
-        par.on_hand -= int(line.get("quantity") or 0)
-        par.save(update_fields=["on_hand"])
-        run.facility = location[:80]
-        record_step(run, "usage_recorded", event.occurred_at, event=event, note=feed_id)
-        run.context["on_hand"] = par.on_hand
-        _requisition_if_needed(run, par, event)
-        run.save()
+        pars = list(ParLevel.objects.select_for_update().filter(charge_code=code).order_by("id"))
+        if not pars:
+            continue
+        # The stock of the charging department when it keeps the item, else the item's one stocking location.
+        department = str(charge.get("department") or "")
+        par = next((p for p in pars if p.location == department), pars[0])
+        _use(par, _quantity(charge.get("quantity")), f"charge:{charge.get('charge_id')}", event)
+
+
+def _quantity(value: Any) -> int:
+    try:
+        return int(Decimal(str(value or "0")))
+    except InvalidOperation:
+        return 0
+
+
+def _use(par: ParLevel, quantity: int, feed_id: str, event: CanonicalEvent) -> None:
+    """Take `quantity` off the item's stock once per feed id, and requisition when it falls to reorder point."""
+    run = run_for(WORKFLOW, _key(par.item_code, par.location))
+    feeds = run.context.setdefault("feeds", [])
+    if feed_id in feeds:
+        return
+    feeds.append(feed_id)
+    par.on_hand -= quantity
+    par.save(update_fields=["on_hand"])
+    run.facility = par.location[:80]
+    record_step(run, "usage_recorded", event.occurred_at, event=event, note=feed_id)
+    run.context["on_hand"] = par.on_hand
+    _requisition_if_needed(run, par, event)
+    run.save()
 
 
 def _requisition_if_needed(run: Any, par: ParLevel, event: CanonicalEvent | None) -> None:

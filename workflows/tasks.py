@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from workflows import discharge_to_bill, sla
+from workflows import discharge_to_bill, labour, sla
 
 
 def sla_check() -> int:
@@ -16,3 +16,8 @@ def release_bill_holds() -> int:
     """Send the claims whose bill hold has ended (schedule: every 15 minutes)."""
     with transaction.atomic():
         return discharge_to_bill.release_bill_holds()
+
+
+def labour_allocation() -> int:
+    """The labour batch window: allocate the periods whose payroll file has arrived (schedule: daily)."""
+    return labour.allocate_waiting_periods()

@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 
 import httpx
 
+from connectors.json_message import JsonMessage
+from connectors.json_message import parse as parse_json
 from connectors.rest.auth import request as auth_request
 from connectors.rest.auth import validate_auth
 from healthsync.choices import Direction, Protocol
@@ -73,8 +75,10 @@ class RestAdapter:
             errors.append("idempotency_header must be a header name")
         return errors
 
-    def parse(self, raw: bytes) -> Any:
-        raise ConnectorError("Inbound REST is not available yet", permanent=True)
+    def parse(self, raw: bytes) -> JsonMessage:
+        """An inbound JSON body, read with the mapping engine's JSON paths (type → message type, id → control
+        id); a body that is not a JSON object raises JsonParseError naming why (the raw bytes stay stored)."""
+        return parse_json(raw)
 
     def send(self, connector: Connector, delivery: Delivery) -> SendResult:
         config = connector.config or {}

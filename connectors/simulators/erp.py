@@ -10,9 +10,13 @@
         number for a reused external_reference; 409 problem (no document number) for the same supplier invoice
         number under another reference, as Oracle and Workday reject duplicate supplier invoices
     POST {sim.url}/purchase-orders → 201 {"document_number": "PO-2026-000001"}; 409 on a reused reference
+    POST {sim.url}/reimbursement-forecasts → 201 {"document_number": "FC-2026-000001"}: an expected-reimbursement
+        forecast (kind "forecast"), or a "true_up" / "reversal" of one named by forecast_reference (400 when
+        that forecast is unknown); 409 with the existing document number for a reused external_reference
     sim.stop()
 
-`sim.entries` holds the posted entries by document number; `sim.requests` counts requests per path.
+`sim.entries` holds the posted entries by document number, `sim.forecasts` the forecast documents;
+`sim.requests` counts requests per path.
 """
 
 from __future__ import annotations
@@ -40,12 +44,15 @@ class ErpSimulator(JsonSimulator):
         self._documents_by_reference: dict[str, str] = {}
         self._invoice_numbers: dict[tuple[str, str], str] = {}
         self._doc_sequence = 0
+        self.forecasts: dict[str, dict[str, Any]] = {}
 
     @property
     def entry_count(self) -> int:
         return len(self.entries)
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> Reply:
+        if path.rstrip("/") == "/reimbursement-forecasts":
+            return self._forecast(method, body)
         if path.rstrip("/") in ("/ap-invoices", "/purchase-orders"):
             return self._document(method, path.rstrip("/"), body)
         if path.rstrip("/") != "/journal-entries":
@@ -104,6 +111,56 @@ class ErpSimulator(JsonSimulator):
             if path == "/ap-invoices":
                 self._invoice_numbers[(str(body["supplier"]), str(body["invoice_number"]))] = number
         return HTTPStatus.CREATED, {"document_number": number}
+
+    def _forecast(self, method: str, body: Any) -> Reply:
+        if method == "GET":
+            with self.lock:
+                return HTTPStatus.OK, {"forecasts": list(self.forecasts.values())}
+        errors = validate_forecast(body)
+        if errors:
+            return HTTPStatus.BAD_REQUEST, problem("Invalid forecast", "; ".join(errors), 400, errors=errors)
+        reference = str(body["external_reference"])
+        with self.lock:
+            if reference in self._documents_by_reference:
+                return HTTPStatus.CONFLICT, {
+                    "detail": "duplicate external reference",
+                    "document_number": self._documents_by_reference[reference],
+                }
+            kind = body.get("kind", "forecast")
+            if kind != "forecast" and str(body.get("forecast_reference")) not in self._documents_by_reference:
+                return HTTPStatus.BAD_REQUEST, problem(
+                    "Unknown forecast",
+                    f"A {kind} must name a posted forecast; {body.get('forecast_reference')!r} is unknown.",
+                    400,
+                )
+            self._doc_sequence += 1
+            number = f"FC-{date.today().year}-{self._doc_sequence:06d}"
+            self.forecasts[number] = {"document_number": number, "forecast": body}
+            self._documents_by_reference[reference] = number
+        return HTTPStatus.CREATED, {"document_number": number}
+
+
+FORECAST_KINDS = ("forecast", "true_up", "reversal")
+
+
+def validate_forecast(body: Any) -> list[str]:
+    """What is wrong with an expected-reimbursement forecast document."""
+    if not isinstance(body, dict):
+        return ["the forecast must be a JSON object"]
+    errors = [
+        f"{name} is required" for name in ("external_reference", "amount") if body.get(name) in (None, "")
+    ]
+    kind = body.get("kind", "forecast")
+    if kind not in FORECAST_KINDS:
+        errors.append(f"kind must be one of {', '.join(FORECAST_KINDS)}")
+    elif kind != "forecast" and not body.get("forecast_reference"):
+        errors.append(f"a {kind} needs forecast_reference")
+    if not errors:
+        try:
+            Decimal(str(body["amount"]))
+        except InvalidOperation:
+            errors.append("amount must be a decimal amount")
+    return errors
 
 
 def validate_document(path: str, body: Any) -> list[str]:

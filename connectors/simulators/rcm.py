@@ -4,6 +4,9 @@
     POST {sim.url}/claims   → 201 {"claim_id": "CLM-000001", "status": "accepted"}
                               400 problem+json when required claim fields are missing
                               same Idempotency-Key again → 200 with the same claim, no second claim
+                              claim_frequency "8" with original_claim_id voids that claim (its status
+                              becomes "voided"; 201 {"claim_id": ..., "status": "voided"}); 409 problem when
+                              the original is unknown or already voided
     GET  {sim.url}/claims   → 200 {"claims": [...]}
     sim.stop()
 
@@ -81,13 +84,23 @@ class RcmSimulator(JsonSimulator):
         with self.lock:
             if key and key in self._by_key:
                 return HTTPStatus.OK, self.claims[self._by_key[key]]
+            status = "accepted"
+            if str(body.get("claim_frequency")) == "8":
+                original = self.claims.get(str(body.get("original_claim_id") or ""))
+                if original is None or original["status"] == "voided":
+                    return HTTPStatus.CONFLICT, problem(
+                        "Cannot void",
+                        f"Claim {body.get('original_claim_id')!r} is unknown or already voided.",
+                        409,
+                    )
+                original["status"] = status = "voided"
             self._sequence += 1
             claim_id = f"CLM-{self._sequence:06d}"
-            claim = {"claim_id": claim_id, "status": "accepted", "idempotency_key": key, "claim": body}
+            claim = {"claim_id": claim_id, "status": status, "idempotency_key": key, "claim": body}
             self.claims[claim_id] = claim
             if key:
                 self._by_key[key] = claim_id
-        return HTTPStatus.CREATED, {"claim_id": claim_id, "status": "accepted"}
+        return HTTPStatus.CREATED, {"claim_id": claim_id, "status": status}
 
     # X12 ---------------------------------------------------------------------------------------------------
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
 
+from connectors.simulators import hl7_builder
 from healthsync import services
-from healthsync.choices import ExceptionKind, ExceptionStatus, RunStatus
-from healthsync.models import ExceptionItem
-from tests.pipeline_support import commits
+from healthsync.choices import Direction, ExceptionKind, ExceptionStatus, Lane, Protocol, RunStatus
+from healthsync.jobs import job_run
+from healthsync.models import Connector, ExceptionItem, SyncJobRun, System
+from healthsync.pipeline import process_pending
+from tests.pipeline_support import commits, feed
 from tests.workflows.support import emit, workflow_destinations
 from workflows.labour import PayrollFileError, labour_allocation_run, read_payroll_csv
 from workflows.models import AllocationRule, ParLevel, WorkflowRun
@@ -213,6 +217,79 @@ def test_a_period_posts_one_balanced_journal_and_a_rerun_posts_nothing(sims: tup
     assert run.context["journal_document_number"] == next(iter(erp.entries))
 
 
+PAYROLL_LAYOUT = {
+    "format": "csv",
+    "fields": [
+        {"name": "employee_id", "required": True},
+        {"name": "department", "required": True},
+        {"name": "period", "required": True},
+        {"name": "gross_pay", "type": "decimal", "required": True},
+        {"name": "employer_taxes", "type": "decimal"},
+        {"name": "benefits", "type": "decimal"},
+    ],
+}
+
+
+def _payroll_drop(tmp_path: Path) -> Path:
+    """An inbound file connector polling a folder for payroll files, as the demo sets one up."""
+    drop = tmp_path / "payroll"
+    drop.mkdir()
+    system, _ = System.objects.get_or_create(code="payroll", defaults={"name": "Payroll"})
+    Connector.objects.create(
+        system=system,
+        code="payroll-drop",
+        name="Payroll drop",
+        direction=Direction.INBOUND,
+        protocol=Protocol.FILE,
+        lane=Lane.BATCH,
+        config={
+            "source": {"type": "folder", "path": str(drop)},
+            "pattern": "*.csv",
+            "ready": "stable",
+            "settle_seconds": 0,
+            "message_type": "payroll_allocation",
+            "layout": PAYROLL_LAYOUT,
+        },
+    )
+    return drop
+
+
+def _poll_and_process() -> None:
+    with commits():
+        job_run("files-poll")
+        process_pending()
+
+
+def test_the_payroll_file_arrives_through_the_file_connector_and_the_batch_window_posts_once(
+    sims: tuple, rules: None, tmp_path: Path
+) -> None:
+    _, erp = sims
+    drop = _payroll_drop(tmp_path)
+    (drop / "payroll-2026-01.csv").write_text(PAYROLL)
+    _poll_and_process()
+
+    run = _run("labour_allocation", "2026-01")
+    assert run.step == "payroll_received" and erp.entry_count == 0  # waits for the batch window
+    assert "pending_message_id" in _run("labour_allocation", "2026-02").context
+
+    with commits():
+        job_id = job_run("labour-allocation")
+    assert SyncJobRun.objects.get(pk=job_id).counts == {"allocated": 2}
+    references = sorted(e["entry"]["external_reference"] for e in erp.entries.values())
+    assert references == ["payroll:labour:2026-01:1", "payroll:labour:2026-02:1"]
+    assert _run("labour_allocation", "2026-01").status == RunStatus.COMPLETED
+
+    # The same file dropped again (a resend under another name) and the window run again: nothing new.
+    (drop / "payroll-2026-01-resent.csv").write_text(PAYROLL)
+    _poll_and_process()
+    with commits():
+        job_run("labour-allocation")
+    with commits():
+        job_run("labour-allocation")
+    assert erp.entry_count == 2
+    assert not ExceptionItem.objects.filter(business_key="2026-01").exists()
+
+
 def test_a_changed_file_for_a_posted_period_is_a_mismatch_not_a_second_journal(
     sims: tuple, rules: None
 ) -> None:
@@ -298,3 +375,47 @@ def test_usage_below_par_orders_once_and_a_duplicate_feed_never_double_orders(si
         source="materials",
     )
     assert len(erp.purchase_orders) == 2
+
+
+def _supply_charge(charge_id: str, quantity: str) -> dict:
+    return {
+        "charge_id": charge_id,
+        "code": "272001",
+        "description": "Central line kit",
+        "quantity": quantity,
+        "amount": f"{Decimal(quantity) * 95:.2f}",
+        "unit_amount": "95.00",
+        "cpt": "",
+        "department": "4WEST",
+        "type": "CG",
+    }
+
+
+def test_supply_charges_from_dft_use_stock_and_a_resent_dft_never_double_orders(sims: tuple) -> None:
+    _, erp = sims
+    ParLevel.objects.create(
+        item_code="CVC-KIT",
+        location="4WEST",
+        charge_code="272001",
+        par=10,
+        reorder_point=4,
+        on_hand=6,
+        unit_cost=Decimal("41.00"),
+        supplier="BD",
+    )
+    first = hl7_builder.dft_p03(charges=[*hl7_builder.DEFAULT_CHARGES, _supply_charge("CHG2001", "2")])
+    feed(first)
+    # The same DFT resent under a new control id: the same charge, no second usage.
+    feed(hl7_builder.dft_p03(charges=[*hl7_builder.DEFAULT_CHARGES, _supply_charge("CHG2001", "2")]))
+    feed(hl7_builder.dft_p03(charges=[_supply_charge("CHG2001", "2")]))
+
+    par = ParLevel.objects.get()
+    assert par.on_hand == 4  # the room charge and the lab test are no supplies; CHG2001 counted once
+    assert len(erp.purchase_orders) == 1
+    po = next(iter(erp.purchase_orders.values()))["document"]
+    assert po["lines"][0] == {**po["lines"][0], "item_code": "CVC-KIT", "quantity": 6}
+
+    feed(hl7_builder.dft_p03(charges=[_supply_charge("CHG2002", "1")]))  # more usage, requisition open
+    assert ParLevel.objects.get().on_hand == 3 and len(erp.purchase_orders) == 1
+    run = _run("inventory_replenishment", "CVC-KIT@4WEST")
+    assert run.context["feeds"] == ["charge:CHG2001", "charge:CHG2002"]

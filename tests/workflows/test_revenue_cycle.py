@@ -17,7 +17,7 @@ from healthsync.models import Delivery, ExceptionItem
 from tests.pipeline_support import commits, feed
 from tests.workflows.support import emit, workflow_destinations
 from workflows import discharge_to_bill
-from workflows.models import WorkflowRun
+from workflows.models import ReimbursementRate, WorkflowRun
 
 pytestmark = pytest.mark.django_db
 
@@ -37,6 +37,7 @@ def _steps(run: WorkflowRun) -> set[str]:
 
 
 def _billed(sims: tuple) -> WorkflowRun:
+    ReimbursementRate.objects.get_or_create(payer_id="*", defaults={"percent": Decimal("80")})
     feed(hl7_builder.adt_a01(), hl7_builder.dft_p03(), hl7_builder.adt_a03())
     return _run()
 
@@ -69,15 +70,62 @@ def test_a_discharge_after_a_cancel_bills_once(sims: tuple) -> None:
     assert rcm.claim_count == 1 and erp.entry_count == 1
 
 
-def test_cancel_discharge_after_the_claim_went_out_raises_a_mismatch(sims: tuple) -> None:
+def test_cancel_discharge_after_the_claim_went_out_voids_it_reverses_the_accrual_and_rebills(
+    sims: tuple,
+) -> None:
+    rcm, erp = sims
+    billed = _billed(sims)
+    original_id = billed.context["claim_id"]
+    assert billed.status == RunStatus.COMPLETED and billed.context["forecast"]["basis"] == "default rate"
+
+    feed(hl7_builder.adt_a13())
+    feed(hl7_builder.adt_a13(control_id="A13-again"))  # the EHR resends the cancel
+
+    # One void (frequency 8) at the RCM; the original claim is voided there.
+    voids = [c for c in rcm.claims.values() if c["claim"]["claim_frequency"] == "8"]
+    assert len(voids) == 1 and voids[0]["claim"]["original_claim_id"] == original_id
+    assert rcm.claims[original_id]["status"] == "voided"
+    # The accrual is reversed once, for the full accrued amount, sides swapped.
+    journals = [e["entry"] for e in erp.entries.values()]
+    reversals = [j for j in journals if ":accrual-reversal:" in j["external_reference"]]
+    assert len(reversals) == 1
+    lines = {line["account"]: line for line in reversals[0]["lines"]}
+    assert lines["4000"]["debit"] == lines["1200"]["credit"] == "3250.50"
+    # The forecast is withdrawn too.
+    kinds = sorted(f["forecast"]["kind"] for f in erp.forecasts.values())
+    assert kinds == ["forecast", "reversal"]
+    assert _forecasts(erp, "reversal")[0]["amount"] == "-2600.40"
+    run = _run()
+    assert run.status == RunStatus.ACTIVE and run.step == "admitted"
+    assert {"discharge_cancelled", "claim_voided", "accrual_reversed"} <= _steps(run)
+    assert not {"discharged", "claim_submitted", "accrual_posted"} & _steps(run)
+    assert "claim_id" not in run.context and run.context["voided_claims"][0]["claim_id"] == original_id
+    assert ExceptionItem.objects.open().count() == 0
+
+    # A new discharge sends a replacement claim (next version) and accrues again.
+    feed(hl7_builder.adt_a03(control_id="A03-2"))
+
+    run = _run()
+    assert run.status == RunStatus.COMPLETED
+    assert run.context["claim_id"] not in (original_id, voids[0]["claim_id"])
+    assert run.context["claim_version"] == 2
+    originals = [c for c in rcm.claims.values() if c["claim"]["claim_frequency"] == "1"]
+    assert len(originals) == 2 and rcm.claims[run.context["claim_id"]]["status"] == "accepted"
+    accruals = [j for j in erp.entries.values() if ":accrual:" in j["entry"]["external_reference"]]
+    assert len(accruals) == 2
+    assert rcm.claim_count == 3 and erp.entry_count == 3
+
+
+def test_a_void_the_rcm_refuses_blocks_the_run_with_an_exception(sims: tuple) -> None:
     rcm, _ = sims
-    _billed(sims)
+    billed = _billed(sims)
+    rcm.claims[billed.context["claim_id"]]["status"] = "voided"  # voided in the RCM by hand meanwhile
+
     feed(hl7_builder.adt_a13())
 
-    item = ExceptionItem.objects.get()
-    assert item.kind == ExceptionKind.MISMATCH
-    assert "void or correct the claim" in item.reason
-    assert rcm.claim_count == 1
+    item = ExceptionItem.objects.open().get()
+    assert item.kind == ExceptionKind.DESTINATION_REJECTED
+    assert "already voided" in item.reason
     assert _run().status == RunStatus.BLOCKED
 
 
@@ -274,3 +322,47 @@ def test_resolving_a_blocking_exception_lets_the_run_move_on(sims: tuple, rcm_an
 
     assert rcm.claim_count == 1
     assert "claim_submitted" in _steps(_run())
+
+
+def _forecasts(erp: object, kind: str) -> list[dict]:
+    return [f["forecast"] for f in erp.forecasts.values() if f["forecast"]["kind"] == kind]  # type: ignore[attr-defined]
+
+
+def test_claim_ready_posts_the_expected_reimbursement_once_at_the_default_rate(sims: tuple) -> None:
+    _, erp = sims
+    ReimbursementRate.objects.create(payer_id="*", percent=Decimal("70"))
+    run = _billed(sims)
+    discharge_to_bill.advance(_run())  # asked again: nothing new
+
+    (forecast,) = _forecasts(erp, "forecast")
+    assert forecast["billed"] == "3250.50" and forecast["percent"] == "70.00"
+    assert forecast["amount"] == "2275.35" and forecast["basis"] == "default rate"
+    assert forecast["encounter"] == run.business_key and forecast["payer_id"]
+    assert "forecast_posted" in _steps(_run())
+
+
+def test_a_payer_contract_rate_sets_the_forecast_and_the_remittance_trues_it_up_once(sims: tuple) -> None:
+    _, erp = sims
+    feed(hl7_builder.adt_a01())
+    payer_id = _run().context["coverage"]["payer_id"]
+    ReimbursementRate.objects.create(payer_id=payer_id, percent=Decimal("60.00"))
+    run = _billed(sims)
+    (forecast,) = _forecasts(erp, "forecast")
+    assert forecast["amount"] == "1950.30" and forecast["basis"] == f"contract rate {payer_id}"
+
+    paid = {
+        "claim_id": run.context["claim_id"],
+        "patient_control_number": "V1001",
+        "paid_amount": "2000.00",
+        "patient_responsibility": "250.00",
+        "trace_number": "TRN-1",
+        "payment_date": "2026-02-01",
+    }
+    emit("claim.paid", run.context["claim_id"], paid, ref="835-1")
+    emit("claim.paid", run.context["claim_id"], paid, ref="835-1-again")
+
+    (true_up,) = _forecasts(erp, "true_up")
+    assert true_up["amount"] == "299.70"  # paid 2250.00 against 1950.30 expected
+    assert true_up["forecast_reference"] == forecast["external_reference"]
+    assert "forecast_trued_up" in _steps(_run())
+    assert _run().context["forecast"]["difference"] == "299.70"

@@ -51,6 +51,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--no-users", action="store_true", help="Load the configuration only.")
+        parser.add_argument(
+            "--claims",
+            choices=("x12", "json"),
+            default="json",
+            # JSON stays the default until `demo` re-points rcm-claims-x12's url at the chosen RCM port too.
+            help="How claims go to the RCM: the JSON claims API (default) or X12 837I.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if settings.PRODUCTION:
@@ -59,9 +66,30 @@ class Command(BaseCommand):
 
         seed_reference_config()
         self.stdout.write("Reference systems, connectors, mappings and schemas are loaded.")
+        self._claims_route(options["claims"])
         if options["no_users"]:
             return
         demo_users_load()
         self.stdout.write(f"Demo users (password for all: {DEMO_PASSWORD}):")
         for username, _, what in DEMO_USERS:
             self.stdout.write(f"  {username:<9} {what}")
+
+    def _claims_route(self, route: str) -> None:
+        from decimal import Decimal
+
+        from healthsync.models import Connector
+        from healthsync.seed_workflows import X12_CLAIMS_CONNECTOR, claims_route_x12
+        from workflows.discharge_to_bill import DEFAULT_PAYER
+        from workflows.models import ReimbursementRate
+
+        # The forecast needs a rate: the demo's governed default is 80% of charges.
+        ReimbursementRate.objects.get_or_create(
+            payer_id=DEFAULT_PAYER, defaults={"payer_name": "Default", "percent": Decimal("80")}
+        )
+        if route == "x12":
+            claims_route_x12()
+            self.stdout.write("Claims go to the RCM as X12 837I (rcm-claims-x12).")
+        else:
+            Connector.objects.filter(code=X12_CLAIMS_CONNECTOR).update(is_enabled=False)
+            Connector.objects.filter(code="rcm-claims").update(is_enabled=True)
+            self.stdout.write("Claims go to the RCM as JSON (rcm-claims).")
