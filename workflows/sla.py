@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from healthsync.choices import ExceptionKind, RunStatus
+from healthsync.governance.runtime import step_slas
 from healthsync.models import ExceptionItem
 from workflows.definitions import EXCEPTION_SLA, WORKFLOWS
 from workflows.models import WorkflowRun, WorkflowStep
@@ -25,18 +26,20 @@ def sla_check(now: datetime | None = None) -> int:
     now = now or timezone.now()
     raised = 0
     for workflow in WORKFLOWS.values():
+        slas = step_slas(workflow)  # the deployed SLAs (governed), defaulting to the code's
         for step in workflow.steps:
-            if step.sla is None:
+            sla = slas[step.name]
+            if sla is None:
                 continue
             overdue = WorkflowStep.objects.filter(
                 run__workflow=workflow.code,
                 run__step=step.name,
                 run__status__in=[RunStatus.ACTIVE, RunStatus.BLOCKED],
                 step=step.name,
-                occurred_at__lt=now - step.sla,
+                occurred_at__lt=now - sla,
             ).select_related("run")
             for row in overdue:
-                if _raise_breach(row.run, step.label, row.occurred_at + step.sla, now):
+                if _raise_breach(row.run, step.label, row.occurred_at + sla, now):
                     raised += 1
     if raised:
         logger.info("sla check raised %s exceptions", raised)

@@ -203,25 +203,36 @@ class Command(BaseCommand):
         return False
 
     def _point_destinations(self, host: str, port_rcm: int, port_erp: int) -> str | None:
-        """Aim the seeded RCM and ERP connectors at this run's simulators; return the inbound HL7 connector."""
-        from healthsync.models import Connector
-        from healthsync.seed import SYSTEMS, connector_definitions
+        """Aim every RCM and ERP connector (JSON base_url or X12/SOAP url) at this run's simulators.
 
-        kinds = {spec["code"]: spec["kind"] for spec in SYSTEMS}
+        Returns the inbound HL7 connector the listener stores for.
+        """
+        from urllib.parse import urlsplit, urlunsplit
+
+        from healthsync.models import Connector
+        from healthsync.seed import connector_definitions
+
         ports = {SystemKind.RCM: port_rcm, SystemKind.ERP: port_erp}
-        inbound = None
-        for spec in connector_definitions():
-            if spec["direction"] == Direction.INBOUND and spec["protocol"] == Protocol.HL7V2:
-                inbound = inbound or spec["code"]
-            port = ports.get(kinds.get(spec["system"]))
-            connector = Connector.objects.filter(code=spec["code"]).first()
-            if port is None or connector is None or "base_url" not in connector.config:
-                continue
-            url = f"http://{host}:{port}"
-            if connector.config["base_url"] != url:
-                connector.config = {**connector.config, "base_url": url}
+        inbound = next(
+            (
+                spec["code"]
+                for spec in connector_definitions()
+                if spec["direction"] == Direction.INBOUND and spec["protocol"] == Protocol.HL7V2
+            ),
+            None,
+        )
+        outbound = Connector.objects.filter(direction=Direction.OUTBOUND, system__kind__in=list(ports))
+        for connector in outbound.select_related("system"):
+            config = dict(connector.config or {})
+            for key in ("base_url", "url"):
+                if not isinstance(config.get(key), str) or not config[key].startswith("http"):
+                    continue
+                parts = urlsplit(config[key])
+                config[key] = urlunsplit(parts._replace(netloc=f"{host}:{ports[connector.system.kind]}"))
+            if config != connector.config:
+                connector.config = config
                 connector.save(update_fields=["config", "updated_at"])
-                self.say(f"{connector.code} now delivers to {url}")
+                self.say(f"{connector.code} now delivers to {host}:{ports[connector.system.kind]}")
         return inbound
 
     # -- output ------------------------------------------------------------------------------------
