@@ -25,6 +25,7 @@ class DashboardFilterForm(forms.Form):
     start = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
     end = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
     patient_class = forms.ChoiceField(required=False, choices=PATIENT_CLASSES, label="Patient class")
+    payer = forms.CharField(required=False, max_length=120)
 
     def clean(self) -> dict:
         data = super().clean() or {}
@@ -53,4 +54,5 @@ class DashboardFilterForm(forms.Form):
             end=end_at,
             facility=data.get("facility", ""),
             patient_class=data.get("patient_class", ""),
+            payer=data.get("payer", ""),
         )

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
-from django.db.models import Count, QuerySet, Sum
+from django.db import connection
+from django.db.models import Aggregate, Count, F, FloatField, IntegerField, Q, QuerySet, Sum, Value
+from django.db.models.functions import Floor, Least, TruncWeek
 from django.utils import timezone
 
+from dashboards import rollups
+from dashboards.models import RunFact
 from healthsync.choices import ExceptionKind, RunStatus
 from healthsync.models import ExceptionItem
 from workflows.definitions import WORKFLOWS
-from workflows.models import WorkflowRun, WorkflowStep
+from workflows.models import WorkflowRun
+from workflows.selectors import period_bounds
 
 WINDOW_DAYS = 90
 # ADGPSR is an average over the 90 days ending at the window's end, whatever range the user picked.
@@ -28,6 +34,11 @@ ADGPSR_DAYS = 90
 # The longest range a user may ask for: keeps every query bounded.
 MAX_RANGE_DAYS = 366
 DTB = "discharge_to_bill"
+P2P = "procure_to_pay"
+REMITTANCE = "remittance"
+LABOUR = "labour_allocation"
+# Runs a page folds into the facts itself before reading; more than that is the worker's job.
+CATCH_UP_LIMIT = 2000
 DISCHARGED = "discharged"
 CLAIM_SUBMITTED = "claim_submitted"
 PAID = "paid"
@@ -50,6 +61,7 @@ class Filters:
     end: datetime
     facility: str = ""
     patient_class: str = ""
+    payer: str = ""
 
     @classmethod
     def default(cls, now: datetime | None = None) -> Filters:
@@ -64,15 +76,24 @@ class Filters:
             runs = runs.filter(facility=self.facility)
         if self.patient_class:
             runs = runs.filter(patient_class=self.patient_class)
+        if self.payer:
+            runs = runs.filter(payer=self.payer)
         return runs
 
-    def discharged_steps(self) -> QuerySet[WorkflowStep]:
-        return WorkflowStep.objects.filter(
-            step=DISCHARGED,
-            occurred_at__gte=self.start,
-            occurred_at__lt=self.end,
-            run__in=self.runs(),
-        )
+    def facts(self, workflow: str | None = DTB, *, windowed: bool = True) -> QuerySet[RunFact]:
+        """Fact rows of `workflow` anchored in the window (discharge, PO approval...) with the facets applied."""
+        facts = RunFact.objects.all()
+        if workflow:
+            facts = facts.filter(workflow=workflow)
+        if windowed:
+            facts = facts.filter(anchor_at__gte=self.start, anchor_at__lt=self.end)
+        if self.facility:
+            facts = facts.filter(facility=self.facility)
+        if self.patient_class:
+            facts = facts.filter(patient_class=self.patient_class)
+        if self.payer:
+            facts = facts.filter(payer=self.payer)
+        return facts
 
     def exceptions(self) -> QuerySet[ExceptionItem]:
         # The backlog is every exception raised up to the window's end, however old: an exception open for
@@ -80,9 +101,10 @@ class Filters:
         items = ExceptionItem.objects.filter(created_at__lt=self.end)
         if self.facility:
             items = items.filter(facility=self.facility)
-        if self.patient_class:
-            # Exceptions carry no patient class: take it from the discharge-to-bill run of the same account.
-            items = items.filter(workflow=DTB, business_key__in=self.runs().values("business_key"))
+        if self.patient_class or self.payer:
+            # Exceptions carry no patient class or payer: take them from the account's discharge-to-bill run.
+            keys = self.facts(windowed=False).values("business_key")
+            items = items.filter(workflow=DTB, business_key__in=keys)
         return items
 
 
@@ -178,6 +200,26 @@ class Kpis:
     claims_denied: int = 0
     backlog: list[AgeBandRow] = field(default_factory=list)
     sla: list[SlaRow] = field(default_factory=list)
+    coding_lag: DurationStats = field(default_factory=lambda: duration_stats([]))
+    bill_hold: DurationStats = field(default_factory=lambda: duration_stats([]))
+    gross_charges: Decimal = Decimal("0")
+    late_charges: Decimal = Decimal("0")
+    claims_submitted: int = 0
+    claims_clean: int = 0
+    claims_first_pass: int = 0
+    po_cycle: DurationStats = field(default_factory=lambda: duration_stats([]))
+
+    @property
+    def late_charge_rate(self) -> float | None:
+        return float(self.late_charges / self.gross_charges) if self.gross_charges else None
+
+    @property
+    def clean_claim_rate(self) -> float | None:
+        return self.claims_clean / self.claims_submitted if self.claims_submitted else None
+
+    @property
+    def first_pass_yield(self) -> float | None:
+        return self.claims_first_pass / self.claims_submitted if self.claims_submitted else None
 
     @property
     def dnfb_days(self) -> Decimal | None:
@@ -229,20 +271,17 @@ def billed_durations(since: datetime | Filters) -> list[RunDuration]:
     A bare datetime means "discharged since then, any facility or class" (the API's 90-day window).
     """
     filters = since if isinstance(since, Filters) else Filters(start=since, end=timezone.now() + DAY * 3650)
-    discharged = dict(filters.discharged_steps().values_list("run_id", "occurred_at"))
-    if not discharged:
-        return []
-    rows = WorkflowStep.objects.filter(
-        step=CLAIM_SUBMITTED, run_id__in=filters.discharged_steps().values("run_id")
-    ).values_list("run_id", "occurred_at", "run__patient_class")
-    durations = []
-    for run_id, submitted_at, patient_class in rows:
-        discharged_at = discharged.get(run_id)
-        # A claim stamped before the discharge is a data error upstream; it must not drag the median down.
-        if discharged_at is None or submitted_at < discharged_at:
-            continue
-        durations.append(RunDuration(run_id, patient_class, discharged_at, submitted_at))
-    return sorted(durations, key=lambda d: d.discharged_at)
+    catch_up()
+    rows = (
+        filters.facts()
+        .filter(dtb_hours__isnull=False)
+        .order_by("anchor_at", "run_id")
+        .values_list("run_id", "patient_class", "anchor_at", "dtb_hours")
+    )
+    return [
+        RunDuration(run_id, patient_class, anchor, anchor + timedelta(hours=hours))
+        for run_id, patient_class, anchor, hours in rows
+    ]
 
 
 def open_exceptions_by_kind(filters: Filters | None = None) -> list[ExceptionKindRow]:
@@ -274,79 +313,87 @@ def backlog_by_age(filters: Filters, now: datetime | None = None) -> list[AgeBan
     return out
 
 
+class Percentile(Aggregate):
+    """PostgreSQL's percentile_cont: linear interpolation between closest ranks, as `percentile()` computes."""
+
+    function = "PERCENTILE_CONT"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression: str, fraction: float, **extra: Any) -> None:
+        super().__init__(expression, fraction=float(fraction), **extra)
+
+
+# Duration columns of a fact and the KPI each feeds.
+DURATIONS = {
+    "discharge_to_bill": "dtb_hours",
+    "claim_lag": "claim_lag_hours",
+    "coding_lag": "coding_hours",
+    "bill_hold": "hold_hours",
+    "payment_lag": "payment_lag_hours",
+}
+
+
+def catch_up(limit: int = CATCH_UP_LIMIT) -> None:
+    """Fold the runs changed since the worker's last rollup pass into the facts (bounded: the worker does bulk)."""
+    rollups.refresh(limit=limit)
+
+
+def _duration_stats(facts: QuerySet[RunFact], columns: dict[str, str]) -> dict[str, DurationStats]:
+    """Count, median and p90 of each duration column, in one query on PostgreSQL."""
+    if connection.vendor == "postgresql":
+        aggregates: dict[str, Any] = {}
+        for name, column in columns.items():
+            aggregates[f"{name}__n"] = Count(column)
+            aggregates[f"{name}__p50"] = Percentile(column, 0.5)
+            aggregates[f"{name}__p90"] = Percentile(column, 0.9)
+        row = facts.aggregate(**aggregates)
+        return {
+            name: DurationStats(row[f"{name}__n"], row[f"{name}__p50"], row[f"{name}__p90"])
+            for name in columns
+        }
+    # SQLite (the demo) has no percentile aggregate; its data is small enough to rank here.
+    values: dict[str, list[float]] = {name: [] for name in columns}
+    for row in facts.values_list(*columns.values()):
+        for name, value in zip(columns, row, strict=True):
+            if value is not None:
+                values[name].append(value)
+    return {name: duration_stats(values[name]) for name in columns}
+
+
 def adgpsr(filters: Filters) -> Decimal:
     """Average daily gross charges: charges on accounts discharged in the 90 days before the window's end ÷ 90."""
-    window = Filters(
-        start=filters.end - timedelta(days=ADGPSR_DAYS),
-        end=filters.end,
-        facility=filters.facility,
-        patient_class=filters.patient_class,
-    )
-    gross = (
-        WorkflowRun.objects.filter(id__in=window.discharged_steps().values("run_id"))
-        .exclude(status=RunStatus.CANCELLED)
-        .aggregate(total=Sum("amount"))["total"]
-    )
+    window = replace(filters, start=filters.end - timedelta(days=ADGPSR_DAYS))
+    gross = window.facts().filter(cancelled=False).aggregate(total=Sum("amount"))["total"]
     return ((gross or Decimal("0")) / ADGPSR_DAYS).quantize(Decimal("0.01"))
 
 
-def _step_times(run_ids: QuerySet, steps: list[str]) -> dict[int, dict[str, datetime]]:
-    times: dict[int, dict[str, datetime]] = defaultdict(dict)
-    rows = WorkflowStep.objects.filter(run_id__in=run_ids, step__in=steps).values_list(
-        "run_id", "step", "occurred_at"
-    )
-    for run_id, step, occurred_at in rows:
-        times[run_id][step] = occurred_at
-    return times
-
-
-def payment_lag_and_denials(filters: Filters) -> tuple[DurationStats, int, int]:
-    """Payment lag (claim submitted → paid) and the first-remit denial counts, for runs discharged in the window.
-
-    A claim is remitted when it was paid or denied; it counts as denied when the denial came first (or alone).
-    """
-    times = _step_times(filters.discharged_steps().values("run_id"), [CLAIM_SUBMITTED, PAID, DENIED])
-    lags, remitted, denied = [], 0, 0
-    for steps in times.values():
-        submitted, paid, denial = steps.get(CLAIM_SUBMITTED), steps.get(PAID), steps.get(DENIED)
-        if submitted and paid and paid >= submitted:
-            lags.append((paid - submitted).total_seconds() / 3600)
-        if paid or denial:
-            remitted += 1
-            if denial and (paid is None or denial <= paid):
-                denied += 1
-    return duration_stats(lags), remitted, denied
-
-
 def sla_compliance(filters: Filters, now: datetime | None = None) -> list[SlaRow]:
-    """Per workflow: SLA-bound steps reached in the window that the run left (for any later step) within the SLA.
+    """Per workflow: SLA-bound steps of runs anchored in the window that were left (for any later step) in time.
 
     A step not yet left counts as breached once its SLA has passed, and as pending before that.
     """
     now = now or timezone.now()
-    out = []
-    for workflow in WORKFLOWS.values():
-        bound = {step.name: step for step in workflow.steps if step.sla is not None}
-        if not bound:
-            continue
-        runs = filters.runs(workflow.code)
-        in_window = WorkflowStep.objects.filter(
-            run__in=runs, step__in=list(bound), occurred_at__gte=filters.start, occurred_at__lt=filters.end
+    catch_up()
+    bound = [wf for wf in WORKFLOWS.values() if any(step.sla is not None for step in wf.steps)]
+    rows = {
+        row["workflow"]: row
+        for row in filters.facts(None)
+        .filter(workflow__in=[wf.code for wf in bound])
+        .values("workflow")
+        .annotate(
+            met=Sum("sla_met"),
+            breached=Sum("sla_breached"),
+            overdue=Sum("sla_open", filter=Q(sla_open_deadline__lt=now)),
+            pending=Sum("sla_open", filter=Q(sla_open_deadline__gte=now)),
         )
-        times = _step_times(in_window.values("run_id"), workflow.step_names)
-        met = breached = pending = 0
-        for run_id, name, reached in in_window.values_list("run_id", "step", "occurred_at"):
-            step = bound[name]
-            # The run leaves a step when it reaches any other step (as workflows.sla sees it), declared or not.
-            following = [t for n, t in times[run_id].items() if n != name and t >= reached]
-            left = min(following, default=None)
-            if left is not None:
-                met, breached = (met + 1, breached) if left - reached <= step.sla else (met, breached + 1)
-            elif now - reached > step.sla:
-                breached += 1
-            else:
-                pending += 1
-        out.append(SlaRow(workflow.code, workflow.label, met, breached, pending))
+        .order_by()
+    }
+    out = []
+    for wf in bound:
+        row = rows.get(wf.code, {})
+        breached = (row.get("breached") or 0) + (row.get("overdue") or 0)
+        out.append(SlaRow(wf.code, wf.label, row.get("met") or 0, breached, row.get("pending") or 0))
     return out
 
 
@@ -355,84 +402,180 @@ def kpis(
     durations: list[RunDuration] | None = None,
     filters: Filters | None = None,
 ) -> Kpis:
-    """The tile numbers for `filters` (default: the 90 days ending `now`); pass `durations` if already read."""
+    """The tile numbers for `filters` (default: the 90 days ending `now`), from the rollup facts.
+
+    `durations` is accepted for callers that already read them; the figures come from the facts either way.
+    """
     now = now or timezone.now()
     filters = filters or Filters.default(now)
-    if durations is None:
-        durations = billed_durations(filters)
-    discharged_runs = WorkflowRun.objects.filter(id__in=filters.discharged_steps().values("run_id"))
-    billed_runs = discharged_runs.filter(steps__step=CLAIM_SUBMITTED)
-    unbilled = discharged_runs.exclude(steps__step=CLAIM_SUBMITTED)
-    # DNFB: gross charges on accounts discharged but not final-billed; a cancelled run has left DNFB.
-    dnfb = unbilled.exclude(status=RunStatus.CANCELLED).aggregate(total=Sum("amount"))["total"]
-    payment_lag, remitted, denied = payment_lag_and_denials(filters)
+    catch_up()
+    facts = filters.facts()
+    live = Q(cancelled=False)
+    totals = facts.aggregate(
+        discharged=Count("run_id"),
+        billed=Count("run_id", filter=Q(done_at__isnull=False)),
+        blocked=Count("run_id", filter=Q(status=RunStatus.BLOCKED)),
+        # DNFB: gross charges on accounts discharged but not final-billed; a cancelled run has left DNFB.
+        dnfb=Sum("amount", filter=live & Q(done_at__isnull=True)),
+        gross=Sum("amount", filter=live),
+        late=Sum("late_amount", filter=live),
+        remitted=Count("run_id", filter=Q(remitted=True)),
+        denied=Count("run_id", filter=Q(denied_first=True)),
+        clean=Count("run_id", filter=Q(clean=True)),
+        first_pass=Count("run_id", filter=Q(first_pass=True)),
+    )
+    stats = _duration_stats(facts, DURATIONS)
+    po = _duration_stats(filters.facts(P2P), {"po_cycle": "cycle_hours"})["po_cycle"]
     return Kpis(
         since=filters.start,
         until=filters.end,
-        discharge_to_bill=duration_stats([d.hours for d in durations]),
-        claim_lag=duration_stats([d.hours for d in durations if d.patient_class == INPATIENT]),
-        runs_discharged=discharged_runs.count(),
-        runs_billed=billed_runs.count(),
-        runs_blocked=discharged_runs.filter(status=RunStatus.BLOCKED).count(),
-        dnfb_amount=dnfb or Decimal("0"),
+        discharge_to_bill=stats["discharge_to_bill"],
+        claim_lag=stats["claim_lag"],
+        runs_discharged=totals["discharged"],
+        runs_billed=totals["billed"],
+        runs_blocked=totals["blocked"],
+        dnfb_amount=totals["dnfb"] or Decimal("0"),
         open_exceptions=open_exceptions_by_kind(filters),
         adgpsr=adgpsr(filters),
-        payment_lag=payment_lag,
-        claims_remitted=remitted,
-        claims_denied=denied,
+        payment_lag=stats["payment_lag"],
+        claims_remitted=totals["remitted"],
+        claims_denied=totals["denied"],
         backlog=backlog_by_age(filters, now),
         sla=sla_compliance(filters, now),
+        coding_lag=stats["coding_lag"],
+        bill_hold=stats["bill_hold"],
+        gross_charges=totals["gross"] or Decimal("0"),
+        late_charges=totals["late"] or Decimal("0"),
+        claims_submitted=totals["billed"],
+        claims_clean=totals["clean"],
+        claims_first_pass=totals["first_pass"],
+        po_cycle=po,
     )
 
 
-def export_rows(filters: Filters, *, with_phi: bool) -> list[list[str]]:
-    """The accounts behind the discharge-to-bill figure, one CSV row each (header first).
-
-    Without PHI access only ids and business times leave the building; names and MRNs never do.
-    """
-    header = [
-        "run_id",
-        "encounter",
-        "account",
-        "facility",
-        "patient_class",
-        "discharged_at",
-        "claim_submitted_at",
+def weekly_points(filters: Filters) -> list[WeeklyPoint]:
+    """Billed accounts per discharge week and their median days to bill, grouped in the database."""
+    billed = filters.facts().filter(dtb_hours__isnull=False)
+    if connection.vendor != "postgresql":
+        return weekly_trend(billed_durations(filters))
+    rows = (
+        billed.annotate(week=TruncWeek("anchor_at"))
+        .values("week")
+        .annotate(billed=Count("run_id"), median=Percentile("dtb_hours", 0.5))
+        .order_by("week")
+    )
+    return [
+        WeeklyPoint(
+            week_start=timezone.localtime(row["week"]).date(),
+            billed=row["billed"],
+            median_days=row["median"] / 24,
+        )
+        for row in rows
     ]
-    header.append("days_to_bill")
-    if with_phi:
-        header += ["patient_mrn", "payer"]
-    durations = billed_durations(filters)
-    runs = WorkflowRun.objects.in_bulk([d.run_id for d in durations])
-    rows = [header]
-    for d in durations:
-        run = runs[d.run_id]
-        context = run.context if isinstance(run.context, dict) else {}
-        row = [
-            str(run.pk),
-            run.business_key,
-            str(context.get("account_number") or ""),
-            run.facility,
-            run.patient_class,
-            d.discharged_at.isoformat(),
-            d.submitted_at.isoformat(),
-            f"{d.hours / 24:.2f}",
-        ]
-        if with_phi:
-            row += [str((context.get("patient") or {}).get("mrn") or ""), run.payer]
-        rows.append(row)
-    return rows
+
+
+@dataclass(frozen=True)
+class Bin:
+    """Billed accounts whose days to bill fall in [low, low + width)."""
+
+    low_days: float
+    count: int
+
+
+def distribution(filters: Filters, width_days: float = 0.5, cap_days: float = 30) -> list[Bin]:
+    """Days-to-bill histogram counted in the database (the page never ships one number per account)."""
+    width_hours = width_days * 24
+    cap = int(cap_days / width_days)
+    rows = (
+        filters.facts()
+        .filter(dtb_hours__isnull=False)
+        .annotate(bucket=Least(Floor(F("dtb_hours") / width_hours), Value(cap), output_field=IntegerField()))
+        .values("bucket")
+        .annotate(count=Count("run_id"))
+        .order_by("bucket")
+    )
+    return [Bin(int(row["bucket"]) * width_days, row["count"]) for row in rows]
+
+
+@dataclass
+class PeriodReadiness:
+    """What still blocks closing one month, for the accounts and POs the filters select."""
+
+    period: str
+    dnfb_count: int
+    dnfb_amount: Decimal
+    unposted_remits: int
+    unmatched_invoices: int
+    labour_posted: bool
+    open_exceptions: int
+    start: date
+    end: date
+
+    @property
+    def ready(self) -> bool:
+        return not (self.dnfb_count or self.unposted_remits or self.unmatched_invoices) and self.labour_posted
+
+
+def periods(filters: Filters) -> list[str]:
+    """The YYYY-MM months the window touches, oldest first."""
+    first = timezone.localtime(filters.start).date().replace(day=1)
+    last = timezone.localtime(filters.end - timedelta(microseconds=1)).date()
+    out = []
+    while first <= last:
+        out.append(f"{first:%Y-%m}")
+        first = (first + timedelta(days=32)).replace(day=1)
+    return out
+
+
+def close_readiness(filters: Filters) -> list[PeriodReadiness]:
+    """Close readiness per month of the window, as workflows' close page judges one period, from the facts."""
+    catch_up()
+    out = []
+    for period in periods(filters):
+        start, end = period_bounds(period)
+        month = replace(filters, start=start, end=end)
+        dnfb = (
+            month.facts()
+            .filter(cancelled=False, done_at__isnull=True)
+            .aggregate(n=Count("run_id"), amount=Sum("amount"))
+        )
+        remits = month.facts(REMITTANCE).exclude(status=RunStatus.COMPLETED).count()
+        invoices = (
+            month.facts(P2P, windowed=False)
+            .filter(invoice_received_at__gte=start, invoice_received_at__lt=end, done_at__isnull=True)
+            .count()
+        )
+        labour = RunFact.objects.filter(workflow=LABOUR, business_key=period, done_at__isnull=False).exists()
+        exceptions = month.exceptions().open().filter(created_at__gte=start).count()
+        out.append(
+            PeriodReadiness(
+                period=period,
+                dnfb_count=dnfb["n"],
+                dnfb_amount=dnfb["amount"] or Decimal("0"),
+                unposted_remits=remits,
+                unmatched_invoices=invoices,
+                labour_posted=labour,
+                open_exceptions=exceptions,
+                start=start.date(),
+                end=(end - timedelta(days=1)).date(),
+            )
+        )
+    return out
 
 
 def facilities() -> list[str]:
     """Facilities known from discharge-to-bill runs, for the filter's choices."""
-    return list(
-        WorkflowRun.objects.filter(workflow=DTB)
-        .exclude(facility="")
-        .order_by("facility")
-        .values_list("facility", flat=True)
-        .distinct()
-    )
+    return _distinct("facility")
+
+
+def payers() -> list[str]:
+    """Payers known from discharge-to-bill runs, for the filter's choices."""
+    return _distinct("payer")
+
+
+def _distinct(column: str) -> list[str]:
+    values = RunFact.objects.filter(workflow=DTB).exclude(**{column: ""}).values_list(column, flat=True)
+    return list(values.order_by(column).distinct()[:500])
 
 
 def weekly_trend(durations: list[RunDuration]) -> list[WeeklyPoint]:
