@@ -62,3 +62,21 @@ class DirtyRun(models.Model):
 
     def __str__(self) -> str:
         return f"dirty run {self.run_id}"
+
+
+class KpiDay(models.Model):
+    """One day's tally of a workflow's facts (by anchor day), overall or for one facility, payer or patient class."""
+
+    workflow = models.CharField(max_length=80)
+    day = models.DateField()
+    dim = models.CharField(max_length=20, blank=True, help_text="'', facility, payer or patient_class.")
+    value = models.CharField(max_length=120, blank=True)
+    data = models.JSONField(default=dict)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "dim", "value", "day"], name="one_kpi_day_per_facet")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow} {self.day} {self.dim}={self.value}"

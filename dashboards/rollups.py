@@ -12,14 +12,16 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from dashboards.models import DirtyRun, RunFact
+from dashboards.models import DirtyRun, KpiDay, RunFact
+from dashboards.tally import COLUMNS, Tally
 from healthsync.choices import RunStatus
 from workflows.definitions import WORKFLOWS
 from workflows.models import WorkflowRun, WorkflowStep
@@ -144,12 +146,52 @@ def fact_for(run: WorkflowRun, steps: dict[str, datetime]) -> RunFact:
     return fact
 
 
-def refresh_runs(run_ids: Iterable[int]) -> int:
-    """Recompute the facts of these runs (deleted runs lose theirs by cascade); returns how many were written."""
+DIMS = ("facility", "payer", "patient_class")
+
+
+def local_day(moment: datetime) -> date:
+    return timezone.localtime(moment).date()
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    tz = timezone.get_current_timezone()
+    return datetime.combine(day, time.min, tz), datetime.combine(day + timedelta(days=1), time.min, tz)
+
+
+def _days_of(facts: Any) -> set[tuple[str, date]]:
+    return {
+        (workflow, local_day(anchor))
+        for workflow, anchor in facts.exclude(anchor_at=None).values_list("workflow", "anchor_at")
+    }
+
+
+def rollup_day(workflow: str, day: date) -> None:
+    """Rewrite one day's tallies of a workflow: overall and per facility, payer and patient class."""
+    start, end = day_bounds(day)
+    tallies: dict[tuple[str, str], Tally] = defaultdict(Tally)
+    rows = RunFact.objects.filter(workflow=workflow, anchor_at__gte=start, anchor_at__lt=end).values_list(
+        *DIMS, *COLUMNS
+    )
+    for row in rows:
+        facets, values = row[: len(DIMS)], row[len(DIMS) :]
+        tallies[("", "")].add_row(values)
+        for dim, value in zip(DIMS, facets, strict=True):
+            if value:
+                tallies[(dim, value)].add_row(values)
+    KpiDay.objects.filter(workflow=workflow, day=day).delete()
+    KpiDay.objects.bulk_create(
+        KpiDay(workflow=workflow, day=day, dim=dim, value=value, data=tally.to_json())
+        for (dim, value), tally in tallies.items()
+    )
+
+
+def refresh_runs(run_ids: Iterable[int], *, days: bool = True) -> int:
+    """Recompute the facts of these runs (deleted runs lose theirs by cascade), then the days they touch."""
     ids = list(run_ids)
     written = 0
     for offset in range(0, len(ids), BATCH):
         chunk = ids[offset : offset + BATCH]
+        touched = _days_of(RunFact.objects.filter(run_id__in=chunk)) if days else set()
         steps: dict[int, dict[str, datetime]] = defaultdict(dict)
         for run_id, step, occurred_at in WorkflowStep.objects.filter(run_id__in=chunk).values_list(
             "run_id", "step", "occurred_at"
@@ -160,6 +202,9 @@ def refresh_runs(run_ids: Iterable[int]) -> int:
             facts, update_conflicts=True, unique_fields=["run"], update_fields=_FIELDS, batch_size=BATCH
         )
         written += len(facts)
+        if days:
+            for workflow, day in sorted(touched | _days_of(RunFact.objects.filter(run_id__in=chunk))):
+                rollup_day(workflow, day)
     return written
 
 
@@ -194,9 +239,27 @@ def rebuild() -> int:
         if not ids:
             break
         with transaction.atomic():
-            written += refresh_runs(ids)
+            written += refresh_runs(ids, days=False)
         last = ids[-1]
+    rebuild_days()
     return written
+
+
+def rebuild_days() -> int:
+    """Recompute every day's tallies from the facts; returns how many (workflow, day) pairs were written."""
+    KpiDay.objects.all().delete()
+    pairs = (
+        RunFact.objects.exclude(anchor_at=None)
+        .annotate(day=TruncDate("anchor_at"))
+        .values_list("workflow", "day")
+        .distinct()
+    )
+    count = 0
+    for workflow, day in sorted(set(pairs)):
+        with transaction.atomic():
+            rollup_day(workflow, day)
+        count += 1
+    return count
 
 
 def mark_dirty(run_id: int | None) -> None:

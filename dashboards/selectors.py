@@ -9,20 +9,18 @@ exception backlog by when the exception was raised, SLA compliance by when the r
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
-from django.db import connection
-from django.db.models import Aggregate, Count, F, FloatField, IntegerField, Q, QuerySet, Sum, Value
-from django.db.models.functions import Floor, Least, TruncWeek
+from django.db.models import Count, QuerySet, Sum
 from django.utils import timezone
 
 from dashboards import rollups
-from dashboards.models import RunFact
-from healthsync.choices import ExceptionKind, RunStatus
+from dashboards.models import KpiDay, RunFact
+from dashboards.tally import COLUMNS, Tally, histogram_percentile
+from healthsync.choices import ExceptionKind
 from healthsync.models import ExceptionItem
 from workflows.definitions import WORKFLOWS
 from workflows.models import WorkflowRun
@@ -208,6 +206,8 @@ class Kpis:
     claims_clean: int = 0
     claims_first_pass: int = 0
     po_cycle: DurationStats = field(default_factory=lambda: duration_stats([]))
+    # The daily tallies behind the figures, for the charts of the same page.
+    days: dict[date, Tally] = field(default_factory=dict, repr=False)
 
     @property
     def late_charge_rate(self) -> float | None:
@@ -313,17 +313,6 @@ def backlog_by_age(filters: Filters, now: datetime | None = None) -> list[AgeBan
     return out
 
 
-class Percentile(Aggregate):
-    """PostgreSQL's percentile_cont: linear interpolation between closest ranks, as `percentile()` computes."""
-
-    function = "PERCENTILE_CONT"
-    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
-
-    def __init__(self, expression: str, fraction: float, **extra: Any) -> None:
-        super().__init__(expression, fraction=float(fraction), **extra)
-
-
 # Duration columns of a fact and the KPI each feeds.
 DURATIONS = {
     "discharge_to_bill": "dtb_hours",
@@ -339,33 +328,54 @@ def catch_up(limit: int = CATCH_UP_LIMIT) -> None:
     rollups.refresh(limit=limit)
 
 
-def _duration_stats(facts: QuerySet[RunFact], columns: dict[str, str]) -> dict[str, DurationStats]:
-    """Count, median and p90 of each duration column, in one query on PostgreSQL."""
-    if connection.vendor == "postgresql":
-        aggregates: dict[str, Any] = {}
-        for name, column in columns.items():
-            aggregates[f"{name}__n"] = Count(column)
-            aggregates[f"{name}__p50"] = Percentile(column, 0.5)
-            aggregates[f"{name}__p90"] = Percentile(column, 0.9)
-        row = facts.aggregate(**aggregates)
-        return {
-            name: DurationStats(row[f"{name}__n"], row[f"{name}__p50"], row[f"{name}__p90"])
-            for name in columns
-        }
-    # SQLite (the demo) has no percentile aggregate; its data is small enough to rank here.
-    values: dict[str, list[float]] = {name: [] for name in columns}
-    for row in facts.values_list(*columns.values()):
-        for name, value in zip(columns, row, strict=True):
-            if value is not None:
-                values[name].append(value)
-    return {name: duration_stats(values[name]) for name in columns}
+def _add_facts(out: dict[date, Tally], facts: QuerySet[RunFact]) -> None:
+    for row in facts.exclude(anchor_at=None).values_list("anchor_at", *COLUMNS):
+        out[rollups.local_day(row[0])].add_row(row[1:])
+
+
+def day_tallies(filters: Filters, workflow: str) -> dict[date, Tally]:
+    """Per anchor day, the tally of `workflow`'s facts the filters select.
+
+    Whole days come from the daily rollup (overall, or the one facet asked for); the partial first and last day,
+    and any combination of two or more facets, are tallied from the facts with the same code.
+    """
+    out: dict[date, Tally] = defaultdict(Tally)
+    facets = [(dim, getattr(filters, dim)) for dim in rollups.DIMS if getattr(filters, dim)]
+    first = rollups.local_day(filters.start)
+    if rollups.day_bounds(first)[0] < filters.start:
+        first += DAY
+    last = rollups.local_day(filters.end)
+    if len(facets) > 1 or first >= last:
+        _add_facts(out, filters.facts(workflow))
+        return out
+    dim, value = facets[0] if facets else ("", "")
+    rows = KpiDay.objects.filter(workflow=workflow, dim=dim, value=value, day__gte=first, day__lt=last)
+    for day, data in rows.values_list("day", "data"):
+        out[day] = Tally.from_json(data)
+    _add_facts(out, replace(filters, end=rollups.day_bounds(first)[0]).facts(workflow))
+    _add_facts(out, replace(filters, start=rollups.day_bounds(last)[0]).facts(workflow))
+    return out
+
+
+def merged(tallies: dict[date, Tally]) -> Tally:
+    total = Tally()
+    for tally in tallies.values():
+        total.merge(tally)
+    return total
+
+
+def _stats(tally: Tally, column: str) -> DurationStats:
+    histogram = tally.hours[column]
+    return DurationStats(
+        sum(histogram.values()), histogram_percentile(histogram, 50), histogram_percentile(histogram, 90)
+    )
 
 
 def adgpsr(filters: Filters) -> Decimal:
     """Average daily gross charges: charges on accounts discharged in the 90 days before the window's end ÷ 90."""
     window = replace(filters, start=filters.end - timedelta(days=ADGPSR_DAYS))
-    gross = window.facts().filter(cancelled=False).aggregate(total=Sum("amount"))["total"]
-    return ((gross or Decimal("0")) / ADGPSR_DAYS).quantize(Decimal("0.01"))
+    gross = merged(day_tallies(window, DTB)).sums["gross"]
+    return (gross / ADGPSR_DAYS).quantize(Decimal("0.01"))
 
 
 def sla_compliance(filters: Filters, now: datetime | None = None) -> list[SlaRow]:
@@ -375,25 +385,14 @@ def sla_compliance(filters: Filters, now: datetime | None = None) -> list[SlaRow
     """
     now = now or timezone.now()
     catch_up()
-    bound = [wf for wf in WORKFLOWS.values() if any(step.sla is not None for step in wf.steps)]
-    rows = {
-        row["workflow"]: row
-        for row in filters.facts(None)
-        .filter(workflow__in=[wf.code for wf in bound])
-        .values("workflow")
-        .annotate(
-            met=Sum("sla_met"),
-            breached=Sum("sla_breached"),
-            overdue=Sum("sla_open", filter=Q(sla_open_deadline__lt=now)),
-            pending=Sum("sla_open", filter=Q(sla_open_deadline__gte=now)),
-        )
-        .order_by()
-    }
     out = []
-    for wf in bound:
-        row = rows.get(wf.code, {})
-        breached = (row.get("breached") or 0) + (row.get("overdue") or 0)
-        out.append(SlaRow(wf.code, wf.label, row.get("met") or 0, breached, row.get("pending") or 0))
+    for wf in WORKFLOWS.values():
+        if not any(step.sla is not None for step in wf.steps):
+            continue
+        tally = merged(day_tallies(filters, wf.code))
+        overdue, pending = tally.overdue(now)
+        met, breached = tally.counts["sla_met"], tally.counts["sla_breached"] + overdue
+        out.append(SlaRow(wf.code, wf.label, met, breached, pending))
     return out
 
 
@@ -402,76 +401,57 @@ def kpis(
     durations: list[RunDuration] | None = None,
     filters: Filters | None = None,
 ) -> Kpis:
-    """The tile numbers for `filters` (default: the 90 days ending `now`), from the rollup facts.
+    """The tile numbers for `filters` (default: the 90 days ending `now`), from the daily rollups.
 
-    `durations` is accepted for callers that already read them; the figures come from the facts either way.
+    `durations` is accepted for callers that already read them; the figures come from the rollups either way.
     """
     now = now or timezone.now()
     filters = filters or Filters.default(now)
     catch_up()
-    facts = filters.facts()
-    live = Q(cancelled=False)
-    totals = facts.aggregate(
-        discharged=Count("run_id"),
-        billed=Count("run_id", filter=Q(done_at__isnull=False)),
-        blocked=Count("run_id", filter=Q(status=RunStatus.BLOCKED)),
-        # DNFB: gross charges on accounts discharged but not final-billed; a cancelled run has left DNFB.
-        dnfb=Sum("amount", filter=live & Q(done_at__isnull=True)),
-        gross=Sum("amount", filter=live),
-        late=Sum("late_amount", filter=live),
-        remitted=Count("run_id", filter=Q(remitted=True)),
-        denied=Count("run_id", filter=Q(denied_first=True)),
-        clean=Count("run_id", filter=Q(clean=True)),
-        first_pass=Count("run_id", filter=Q(first_pass=True)),
-    )
-    stats = _duration_stats(facts, DURATIONS)
-    po = _duration_stats(filters.facts(P2P), {"po_cycle": "cycle_hours"})["po_cycle"]
+    days = day_tallies(filters, DTB)
+    total = merged(days)
+    counts, sums = total.counts, total.sums
     return Kpis(
         since=filters.start,
         until=filters.end,
-        discharge_to_bill=stats["discharge_to_bill"],
-        claim_lag=stats["claim_lag"],
-        runs_discharged=totals["discharged"],
-        runs_billed=totals["billed"],
-        runs_blocked=totals["blocked"],
-        dnfb_amount=totals["dnfb"] or Decimal("0"),
+        discharge_to_bill=_stats(total, "dtb_hours"),
+        claim_lag=_stats(total, "claim_lag_hours"),
+        runs_discharged=counts["runs"],
+        runs_billed=counts["done"],
+        runs_blocked=counts["blocked"],
+        dnfb_amount=sums["dnfb"],
         open_exceptions=open_exceptions_by_kind(filters),
         adgpsr=adgpsr(filters),
-        payment_lag=stats["payment_lag"],
-        claims_remitted=totals["remitted"],
-        claims_denied=totals["denied"],
+        payment_lag=_stats(total, "payment_lag_hours"),
+        claims_remitted=counts["remitted"],
+        claims_denied=counts["denied"],
         backlog=backlog_by_age(filters, now),
         sla=sla_compliance(filters, now),
-        coding_lag=stats["coding_lag"],
-        bill_hold=stats["bill_hold"],
-        gross_charges=totals["gross"] or Decimal("0"),
-        late_charges=totals["late"] or Decimal("0"),
-        claims_submitted=totals["billed"],
-        claims_clean=totals["clean"],
-        claims_first_pass=totals["first_pass"],
-        po_cycle=po,
+        coding_lag=_stats(total, "coding_hours"),
+        bill_hold=_stats(total, "hold_hours"),
+        gross_charges=sums["gross"],
+        late_charges=sums["late"],
+        claims_submitted=counts["done"],
+        claims_clean=counts["clean"],
+        claims_first_pass=counts["first_pass"],
+        po_cycle=_stats(merged(day_tallies(filters, P2P)), "cycle_hours"),
+        days=days,
     )
 
 
-def weekly_points(filters: Filters) -> list[WeeklyPoint]:
-    """Billed accounts per discharge week and their median days to bill, grouped in the database."""
-    billed = filters.facts().filter(dtb_hours__isnull=False)
-    if connection.vendor != "postgresql":
-        return weekly_trend(billed_durations(filters))
-    rows = (
-        billed.annotate(week=TruncWeek("anchor_at"))
-        .values("week")
-        .annotate(billed=Count("run_id"), median=Percentile("dtb_hours", 0.5))
-        .order_by("week")
-    )
-    return [
-        WeeklyPoint(
-            week_start=timezone.localtime(row["week"]).date(),
-            billed=row["billed"],
-            median_days=row["median"] / 24,
-        )
-        for row in rows
-    ]
+def weekly_points(filters: Filters, days: dict[date, Tally] | None = None) -> list[WeeklyPoint]:
+    """Billed accounts per discharge week (Monday) and their median days to bill."""
+    weeks: dict[date, Tally] = defaultdict(Tally)
+    for day, tally in (day_tallies(filters, DTB) if days is None else days).items():
+        weeks[day - timedelta(days=day.weekday())].merge(tally)
+    points = []
+    for week, tally in sorted(weeks.items()):
+        stats = _stats(tally, "dtb_hours")
+        if stats.count:
+            points.append(
+                WeeklyPoint(week_start=week, billed=stats.count, median_days=stats.median_days or 0.0)
+            )
+    return points
 
 
 @dataclass(frozen=True)
@@ -482,19 +462,16 @@ class Bin:
     count: int
 
 
-def distribution(filters: Filters, width_days: float = 0.5, cap_days: float = 30) -> list[Bin]:
-    """Days-to-bill histogram counted in the database (the page never ships one number per account)."""
-    width_hours = width_days * 24
+def distribution(
+    filters: Filters, days: dict[date, Tally] | None = None, width_days: float = 0.5, cap_days: float = 30
+) -> list[Bin]:
+    """Days-to-bill histogram from the rollups (the page never ships one number per account)."""
+    histogram = merged(day_tallies(filters, DTB) if days is None else days).hours["dtb_hours"]
+    bins: Counter[int] = Counter()
     cap = int(cap_days / width_days)
-    rows = (
-        filters.facts()
-        .filter(dtb_hours__isnull=False)
-        .annotate(bucket=Least(Floor(F("dtb_hours") / width_hours), Value(cap), output_field=IntegerField()))
-        .values("bucket")
-        .annotate(count=Count("run_id"))
-        .order_by("bucket")
-    )
-    return [Bin(int(row["bucket"]) * width_days, row["count"]) for row in rows]
+    for hours, count in histogram.items():
+        bins[min(int(hours // (width_days * 24)), cap)] += count
+    return [Bin(bucket * width_days, count) for bucket, count in sorted(bins.items())]
 
 
 @dataclass
@@ -528,34 +505,35 @@ def periods(filters: Filters) -> list[str]:
 
 
 def close_readiness(filters: Filters) -> list[PeriodReadiness]:
-    """Close readiness per month of the window, as workflows' close page judges one period, from the facts."""
+    """Close readiness per month of the window, as workflows' close page judges one period, from the rollups."""
     catch_up()
+    months = [(period, *period_bounds(period)) for period in periods(filters)]
+    if not months:
+        return []
+    span = replace(filters, start=months[0][1], end=months[-1][2])
+    by_month: dict[str, dict[str, Tally]] = defaultdict(lambda: defaultdict(Tally))
+    for workflow in (DTB, REMITTANCE):
+        for day, tally in day_tallies(span, workflow).items():
+            by_month[f"{day:%Y-%m}"][workflow].merge(tally)
     out = []
-    for period in periods(filters):
-        start, end = period_bounds(period)
+    for period, start, end in months:
         month = replace(filters, start=start, end=end)
-        dnfb = (
-            month.facts()
-            .filter(cancelled=False, done_at__isnull=True)
-            .aggregate(n=Count("run_id"), amount=Sum("amount"))
-        )
-        remits = month.facts(REMITTANCE).exclude(status=RunStatus.COMPLETED).count()
+        dtb, remits = by_month[period][DTB], by_month[period][REMITTANCE]
         invoices = (
             month.facts(P2P, windowed=False)
             .filter(invoice_received_at__gte=start, invoice_received_at__lt=end, done_at__isnull=True)
             .count()
         )
         labour = RunFact.objects.filter(workflow=LABOUR, business_key=period, done_at__isnull=False).exists()
-        exceptions = month.exceptions().open().filter(created_at__gte=start).count()
         out.append(
             PeriodReadiness(
                 period=period,
-                dnfb_count=dnfb["n"],
-                dnfb_amount=dnfb["amount"] or Decimal("0"),
-                unposted_remits=remits,
+                dnfb_count=dtb.counts["dnfb_count"],
+                dnfb_amount=dtb.sums["dnfb"],
+                unposted_remits=remits.counts["not_completed"],
                 unmatched_invoices=invoices,
                 labour_posted=labour,
-                open_exceptions=exceptions,
+                open_exceptions=month.exceptions().open().filter(created_at__gte=start).count(),
                 start=start.date(),
                 end=(end - timedelta(days=1)).date(),
             )

@@ -86,8 +86,10 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         payers=selectors.payers(),
         close=[(row, _month_query(request, row)) for row in selectors.close_readiness(filters)],
         sla_tables={wf: f"sla_{wf}" for wf in (row.workflow for row in kpis.sla)},
-        trend_chart=charts.to_div(charts.weekly_trend_figure(selectors.weekly_points(filters))),
-        distribution_chart=charts.to_div(charts.distribution_bins_figure(selectors.distribution(filters))),
+        trend_chart=charts.to_div(charts.weekly_trend_figure(selectors.weekly_points(filters, kpis.days))),
+        distribution_chart=charts.to_div(
+            charts.distribution_bins_figure(selectors.distribution(filters, kpis.days))
+        ),
         exceptions_chart=charts.to_div(charts.exceptions_by_kind_figure(kpis.open_exceptions)),
         backlog_chart=charts.to_div(charts.backlog_by_age_figure(kpis.backlog)),
     )
