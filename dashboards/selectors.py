@@ -14,13 +14,14 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import CharField, Count, F, Q, QuerySet, Sum, Value
+from django.db.models.functions import Floor
 from django.utils import timezone
 
 from dashboards import rollups
 from dashboards.models import KpiDay, RunFact
-from dashboards.tally import COLUMNS, Tally, histogram_percentile
-from healthsync.choices import ExceptionKind
+from dashboards.tally import COLUMNS, COUNTS, HOURS, SUMS, Tally, histogram_percentile
+from healthsync.choices import ExceptionKind, RunStatus
 from healthsync.models import ExceptionItem
 from workflows.definitions import WORKFLOWS
 from workflows.models import WorkflowRun
@@ -333,11 +334,56 @@ def _add_facts(out: dict[date, Tally], facts: QuerySet[RunFact]) -> None:
         out[rollups.local_day(row[0])].add_row(row[1:])
 
 
-def day_tallies(filters: Filters, workflow: str) -> dict[date, Tally]:
+def _tally_in_sql(facts: QuerySet[RunFact], hours: tuple[str, ...]) -> Tally:
+    """The tally of a slice of facts (a partial day) counted by the database, for the hour columns asked for."""
+    live = Q(cancelled=False)
+    row = facts.aggregate(
+        runs=Count("run_id"),
+        done=Count("run_id", filter=Q(done_at__isnull=False)),
+        blocked=Count("run_id", filter=Q(status=RunStatus.BLOCKED)),
+        not_completed=Count("run_id", filter=~Q(status=RunStatus.COMPLETED)),
+        remitted=Count("run_id", filter=Q(remitted=True)),
+        denied=Count("run_id", filter=Q(denied_first=True)),
+        clean=Count("run_id", filter=Q(clean=True)),
+        first_pass=Count("run_id", filter=Q(first_pass=True)),
+        sla_met=Sum("sla_met"),
+        sla_breached=Sum("sla_breached"),
+        dnfb_count=Count("run_id", filter=live & Q(done_at__isnull=True)),
+        gross=Sum("amount", filter=live),
+        late=Sum("late_amount", filter=live),
+        dnfb=Sum("amount", filter=live & Q(done_at__isnull=True)),
+    )
+    tally = Tally()
+    if not row["runs"]:
+        return tally
+    tally.counts.update({name: row[name] or 0 for name in COUNTS})
+    tally.sums.update({name: row[name] or Decimal("0") for name in SUMS})
+    if hours:
+        # One round trip for every histogram: a UNION ALL of one GROUP BY per hour column.
+        parts = [
+            facts.filter(**{f"{column}__isnull": False})
+            .annotate(column=Value(column, output_field=CharField()), h=Floor(F(column) + 0.5))
+            .values("column", "h")
+            .annotate(n=Count("run_id"))
+            .order_by()
+            for column in hours
+        ]
+        union = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
+        for column, h, n in union.values_list("column", "h", "n"):
+            tally.hours[column][int(h)] += n
+    due = facts.filter(sla_open__gt=0).values("sla_open_deadline").annotate(n=Sum("sla_open")).order_by()
+    for b in due:
+        if b["sla_open_deadline"] is not None:
+            tally.open_due[int(b["sla_open_deadline"].timestamp() // 60)] += b["n"]
+    return tally
+
+
+def day_tallies(filters: Filters, workflow: str, hours: tuple[str, ...] = HOURS) -> dict[date, Tally]:
     """Per anchor day, the tally of `workflow`'s facts the filters select.
 
-    Whole days come from the daily rollup (overall, or the one facet asked for); the partial first and last day,
-    and any combination of two or more facets, are tallied from the facts with the same code.
+    Whole days come from the daily rollup (overall, or the one facet asked for); the partial first and last day
+    are counted by the database, and any combination of two or more facets is tallied from its (few) facts.
+    Only the hour histograms named in `hours` are filled for the partial days.
     """
     out: dict[date, Tally] = defaultdict(Tally)
     facets = [(dim, getattr(filters, dim)) for dim in rollups.DIMS if getattr(filters, dim)]
@@ -351,9 +397,12 @@ def day_tallies(filters: Filters, workflow: str) -> dict[date, Tally]:
     dim, value = facets[0] if facets else ("", "")
     rows = KpiDay.objects.filter(workflow=workflow, dim=dim, value=value, day__gte=first, day__lt=last)
     for day, data in rows.values_list("day", "data"):
-        out[day] = Tally.from_json(data)
-    _add_facts(out, replace(filters, end=rollups.day_bounds(first)[0]).facts(workflow))
-    _add_facts(out, replace(filters, start=rollups.day_bounds(last)[0]).facts(workflow))
+        out[day].merge_json(data)
+    head_end, tail_start = rollups.day_bounds(first)[0], rollups.day_bounds(last)[0]
+    if filters.start < head_end:
+        out[first - DAY].merge(_tally_in_sql(replace(filters, end=head_end).facts(workflow), hours))
+    if tail_start < filters.end:
+        out[last].merge(_tally_in_sql(replace(filters, start=tail_start).facts(workflow), hours))
     return out
 
 
@@ -371,14 +420,21 @@ def _stats(tally: Tally, column: str) -> DurationStats:
     )
 
 
-def adgpsr(filters: Filters) -> Decimal:
-    """Average daily gross charges: charges on accounts discharged in the 90 days before the window's end ÷ 90."""
+def adgpsr(filters: Filters, days: dict[date, Tally] | None = None) -> Decimal:
+    """Average daily gross charges: charges on accounts discharged in the 90 days before the window's end ÷ 90.
+
+    `days` are the window's own tallies, reused when the window is those 90 days (the default).
+    """
     window = replace(filters, start=filters.end - timedelta(days=ADGPSR_DAYS))
-    gross = merged(day_tallies(window, DTB)).sums["gross"]
+    if days is None or window != filters:
+        days = day_tallies(window, DTB, hours=())
+    gross = merged(days).sums["gross"]
     return (gross / ADGPSR_DAYS).quantize(Decimal("0.01"))
 
 
-def sla_compliance(filters: Filters, now: datetime | None = None) -> list[SlaRow]:
+def sla_compliance(
+    filters: Filters, now: datetime | None = None, known: dict[str, dict[date, Tally]] | None = None
+) -> list[SlaRow]:
     """Per workflow: SLA-bound steps of runs anchored in the window that were left (for any later step) in time.
 
     A step not yet left counts as breached once its SLA has passed, and as pending before that.
@@ -389,7 +445,8 @@ def sla_compliance(filters: Filters, now: datetime | None = None) -> list[SlaRow
     for wf in WORKFLOWS.values():
         if not any(step.sla is not None for step in wf.steps):
             continue
-        tally = merged(day_tallies(filters, wf.code))
+        days = (known or {}).get(wf.code)
+        tally = merged(day_tallies(filters, wf.code, hours=()) if days is None else days)
         overdue, pending = tally.overdue(now)
         met, breached = tally.counts["sla_met"], tally.counts["sla_breached"] + overdue
         out.append(SlaRow(wf.code, wf.label, met, breached, pending))
@@ -408,7 +465,8 @@ def kpis(
     now = now or timezone.now()
     filters = filters or Filters.default(now)
     catch_up()
-    days = day_tallies(filters, DTB)
+    days = day_tallies(filters, DTB, hours=tuple(DURATIONS.values()))
+    p2p = day_tallies(filters, P2P, hours=("cycle_hours",))
     total = merged(days)
     counts, sums = total.counts, total.sums
     return Kpis(
@@ -421,12 +479,12 @@ def kpis(
         runs_blocked=counts["blocked"],
         dnfb_amount=sums["dnfb"],
         open_exceptions=open_exceptions_by_kind(filters),
-        adgpsr=adgpsr(filters),
+        adgpsr=adgpsr(filters, days),
         payment_lag=_stats(total, "payment_lag_hours"),
         claims_remitted=counts["remitted"],
         claims_denied=counts["denied"],
         backlog=backlog_by_age(filters, now),
-        sla=sla_compliance(filters, now),
+        sla=sla_compliance(filters, now, {DTB: days, P2P: p2p}),
         coding_lag=_stats(total, "coding_hours"),
         bill_hold=_stats(total, "hold_hours"),
         gross_charges=sums["gross"],
@@ -434,7 +492,7 @@ def kpis(
         claims_submitted=counts["done"],
         claims_clean=counts["clean"],
         claims_first_pass=counts["first_pass"],
-        po_cycle=_stats(merged(day_tallies(filters, P2P)), "cycle_hours"),
+        po_cycle=_stats(merged(p2p), "cycle_hours"),
         days=days,
     )
 
@@ -513,7 +571,7 @@ def close_readiness(filters: Filters) -> list[PeriodReadiness]:
     span = replace(filters, start=months[0][1], end=months[-1][2])
     by_month: dict[str, dict[str, Tally]] = defaultdict(lambda: defaultdict(Tally))
     for workflow in (DTB, REMITTANCE):
-        for day, tally in day_tallies(span, workflow).items():
+        for day, tally in day_tallies(span, workflow, hours=()).items():
             by_month[f"{day:%Y-%m}"][workflow].merge(tally)
     out = []
     for period, start, end in months:
@@ -551,9 +609,10 @@ def payers() -> list[str]:
     return _distinct("payer")
 
 
-def _distinct(column: str) -> list[str]:
-    values = RunFact.objects.filter(workflow=DTB).exclude(**{column: ""}).values_list(column, flat=True)
-    return list(values.order_by(column).distinct()[:500])
+def _distinct(dim: str) -> list[str]:
+    # The daily rollup holds one row per facet value and day: far fewer rows than the facts.
+    values = KpiDay.objects.filter(workflow=DTB, dim=dim).values_list("value", flat=True)
+    return list(values.order_by("value").distinct()[:500])
 
 
 def weekly_trend(durations: list[RunDuration]) -> list[WeeklyPoint]:
