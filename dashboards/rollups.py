@@ -147,6 +147,8 @@ def fact_for(run: WorkflowRun, steps: dict[str, datetime]) -> RunFact:
 
 
 DIMS = ("facility", "payer", "patient_class")
+# First key of the transaction-scoped advisory lock that serialises rewrites of one day's tallies.
+DAY_LOCK = 7_007
 
 
 def local_day(moment: datetime) -> date:
@@ -167,6 +169,10 @@ def _days_of(facts: Any) -> set[tuple[str, date]]:
 
 def rollup_day(workflow: str, day: date) -> None:
     """Rewrite one day's tallies of a workflow: overall and per facility, payer and patient class."""
+    if connection.vendor == "postgresql":
+        # The worker and a page may refresh the same day at once: one rewrites it after the other commits.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [DAY_LOCK, day.toordinal()])
     start, end = day_bounds(day)
     tallies: dict[tuple[str, str], Tally] = defaultdict(Tally)
     rows = RunFact.objects.filter(workflow=workflow, anchor_at__gte=start, anchor_at__lt=end).values_list(

@@ -24,7 +24,6 @@ from dashboards.tally import COLUMNS, COUNTS, HOURS, SUMS, Tally, histogram_perc
 from healthsync.choices import ExceptionKind, RunStatus
 from healthsync.models import ExceptionItem
 from workflows.definitions import WORKFLOWS
-from workflows.models import WorkflowRun
 from workflows.selectors import period_bounds
 
 WINDOW_DAYS = 90
@@ -66,18 +65,6 @@ class Filters:
     def default(cls, now: datetime | None = None) -> Filters:
         end = now or timezone.now()
         return cls(start=end - timedelta(days=WINDOW_DAYS), end=end)
-
-    def runs(self, workflow: str | None = DTB) -> QuerySet[WorkflowRun]:
-        runs = WorkflowRun.objects.all()
-        if workflow:
-            runs = runs.filter(workflow=workflow)
-        if self.facility:
-            runs = runs.filter(facility=self.facility)
-        if self.patient_class:
-            runs = runs.filter(patient_class=self.patient_class)
-        if self.payer:
-            runs = runs.filter(payer=self.payer)
-        return runs
 
     def facts(self, workflow: str | None = DTB, *, windowed: bool = True) -> QuerySet[RunFact]:
         """Fact rows of `workflow` anchored in the window (discharge, PO approval...) with the facets applied."""
