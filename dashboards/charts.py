@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from django.utils.safestring import SafeString, mark_safe
 
-from dashboards.selectors import AgeBandRow, ExceptionKindRow, WeeklyPoint
+from dashboards.selectors import AgeBandRow, Bin, ExceptionKindRow, WeeklyPoint
 
 BRAND = "#0b5cad"
 ACCENT = "#e07b00"
@@ -62,6 +62,25 @@ def distribution_figure(days: list[float]) -> go.Figure:
         xaxis={"title": {"text": "Days from discharge to claim submitted"}},
         yaxis={"title": {"text": "Runs"}},
         bargap=0.05,
+    )
+    return _layout(fig, "Distribution of discharge-to-bill")
+
+
+def distribution_bins_figure(bins: list[Bin], width_days: float = 0.5) -> go.Figure:
+    """Histogram of discharge-to-bill days from counts made in the database (the last bin holds the tail)."""
+    fig = go.Figure(
+        go.Bar(
+            x=[b.low_days + width_days / 2 for b in bins],
+            y=[b.count for b in bins],
+            width=width_days * 0.95,
+            marker_color=BRAND,
+            name="Accounts",
+            hovertemplate="%{x} days: %{y} accounts<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        xaxis={"title": {"text": "Days from discharge to claim submitted"}},
+        yaxis={"title": {"text": "Accounts"}},
     )
     return _layout(fig, "Distribution of discharge-to-bill")
 

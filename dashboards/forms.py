@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from dashboards.selectors import MAX_RANGE_DAYS, WINDOW_DAYS, Filters
 
+MIN_YEAR, MAX_YEAR = 1900, 2999
 PATIENT_CLASSES = [
     ("", "All classes"),
     ("I", "Inpatient (I)"),
@@ -25,10 +26,16 @@ class DashboardFilterForm(forms.Form):
     start = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
     end = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
     patient_class = forms.ChoiceField(required=False, choices=PATIENT_CLASSES, label="Patient class")
+    payer = forms.CharField(required=False, max_length=120)
 
     def clean(self) -> dict:
         data = super().clean() or {}
         start, end = data.get("start"), data.get("end")
+        for name, day in (("start", start), ("end", end)):
+            # Dates near year 1 or 9999 overflow the window arithmetic; no revenue cycle lives there.
+            if day and not MIN_YEAR <= day.year <= MAX_YEAR:
+                self.add_error(name, f"Pick a date between {MIN_YEAR} and {MAX_YEAR}.")
+                return data
         if start and end:
             if start > end:
                 raise forms.ValidationError("The start date must be on or before the end date.")
@@ -53,4 +60,5 @@ class DashboardFilterForm(forms.Form):
             end=end_at,
             facility=data.get("facility", ""),
             patient_class=data.get("patient_class", ""),
+            payer=data.get("payer", ""),
         )

@@ -9,18 +9,22 @@ exception backlog by when the exception was raised, SLA compliance by when the r
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import CharField, Count, F, Q, QuerySet, Sum, Value
+from django.db.models.functions import Floor
 from django.utils import timezone
 
+from dashboards import rollups
+from dashboards.models import KpiDay, RunFact
+from dashboards.tally import COLUMNS, COUNTS, HOURS, SUMS, Tally, histogram_percentile
 from healthsync.choices import ExceptionKind, RunStatus
 from healthsync.models import ExceptionItem
 from workflows.definitions import WORKFLOWS
-from workflows.models import WorkflowRun, WorkflowStep
+from workflows.selectors import period_bounds
 
 WINDOW_DAYS = 90
 # ADGPSR is an average over the 90 days ending at the window's end, whatever range the user picked.
@@ -28,6 +32,11 @@ ADGPSR_DAYS = 90
 # The longest range a user may ask for: keeps every query bounded.
 MAX_RANGE_DAYS = 366
 DTB = "discharge_to_bill"
+P2P = "procure_to_pay"
+REMITTANCE = "remittance"
+LABOUR = "labour_allocation"
+# Runs a page folds into the facts itself before reading; more than that is the worker's job.
+CATCH_UP_LIMIT = 2000
 DISCHARGED = "discharged"
 CLAIM_SUBMITTED = "claim_submitted"
 PAID = "paid"
@@ -50,29 +59,27 @@ class Filters:
     end: datetime
     facility: str = ""
     patient_class: str = ""
+    payer: str = ""
 
     @classmethod
     def default(cls, now: datetime | None = None) -> Filters:
         end = now or timezone.now()
         return cls(start=end - timedelta(days=WINDOW_DAYS), end=end)
 
-    def runs(self, workflow: str | None = DTB) -> QuerySet[WorkflowRun]:
-        runs = WorkflowRun.objects.all()
+    def facts(self, workflow: str | None = DTB, *, windowed: bool = True) -> QuerySet[RunFact]:
+        """Fact rows of `workflow` anchored in the window (discharge, PO approval...) with the facets applied."""
+        facts = RunFact.objects.all()
         if workflow:
-            runs = runs.filter(workflow=workflow)
+            facts = facts.filter(workflow=workflow)
+        if windowed:
+            facts = facts.filter(anchor_at__gte=self.start, anchor_at__lt=self.end)
         if self.facility:
-            runs = runs.filter(facility=self.facility)
+            facts = facts.filter(facility=self.facility)
         if self.patient_class:
-            runs = runs.filter(patient_class=self.patient_class)
-        return runs
-
-    def discharged_steps(self) -> QuerySet[WorkflowStep]:
-        return WorkflowStep.objects.filter(
-            step=DISCHARGED,
-            occurred_at__gte=self.start,
-            occurred_at__lt=self.end,
-            run__in=self.runs(),
-        )
+            facts = facts.filter(patient_class=self.patient_class)
+        if self.payer:
+            facts = facts.filter(payer=self.payer)
+        return facts
 
     def exceptions(self) -> QuerySet[ExceptionItem]:
         # The backlog is every exception raised up to the window's end, however old: an exception open for
@@ -80,9 +87,10 @@ class Filters:
         items = ExceptionItem.objects.filter(created_at__lt=self.end)
         if self.facility:
             items = items.filter(facility=self.facility)
-        if self.patient_class:
-            # Exceptions carry no patient class: take it from the discharge-to-bill run of the same account.
-            items = items.filter(workflow=DTB, business_key__in=self.runs().values("business_key"))
+        if self.patient_class or self.payer:
+            # Exceptions carry no patient class or payer: take them from the account's discharge-to-bill run.
+            keys = self.facts(windowed=False).values("business_key")
+            items = items.filter(workflow=DTB, business_key__in=keys)
         return items
 
 
@@ -178,6 +186,28 @@ class Kpis:
     claims_denied: int = 0
     backlog: list[AgeBandRow] = field(default_factory=list)
     sla: list[SlaRow] = field(default_factory=list)
+    coding_lag: DurationStats = field(default_factory=lambda: duration_stats([]))
+    bill_hold: DurationStats = field(default_factory=lambda: duration_stats([]))
+    gross_charges: Decimal = Decimal("0")
+    late_charges: Decimal = Decimal("0")
+    claims_submitted: int = 0
+    claims_clean: int = 0
+    claims_first_pass: int = 0
+    po_cycle: DurationStats = field(default_factory=lambda: duration_stats([]))
+    # The daily tallies behind the figures, for the charts of the same page.
+    days: dict[date, Tally] = field(default_factory=dict, repr=False)
+
+    @property
+    def late_charge_rate(self) -> float | None:
+        return float(self.late_charges / self.gross_charges) if self.gross_charges else None
+
+    @property
+    def clean_claim_rate(self) -> float | None:
+        return self.claims_clean / self.claims_submitted if self.claims_submitted else None
+
+    @property
+    def first_pass_yield(self) -> float | None:
+        return self.claims_first_pass / self.claims_submitted if self.claims_submitted else None
 
     @property
     def dnfb_days(self) -> Decimal | None:
@@ -229,20 +259,17 @@ def billed_durations(since: datetime | Filters) -> list[RunDuration]:
     A bare datetime means "discharged since then, any facility or class" (the API's 90-day window).
     """
     filters = since if isinstance(since, Filters) else Filters(start=since, end=timezone.now() + DAY * 3650)
-    discharged = dict(filters.discharged_steps().values_list("run_id", "occurred_at"))
-    if not discharged:
-        return []
-    rows = WorkflowStep.objects.filter(
-        step=CLAIM_SUBMITTED, run_id__in=filters.discharged_steps().values("run_id")
-    ).values_list("run_id", "occurred_at", "run__patient_class")
-    durations = []
-    for run_id, submitted_at, patient_class in rows:
-        discharged_at = discharged.get(run_id)
-        # A claim stamped before the discharge is a data error upstream; it must not drag the median down.
-        if discharged_at is None or submitted_at < discharged_at:
-            continue
-        durations.append(RunDuration(run_id, patient_class, discharged_at, submitted_at))
-    return sorted(durations, key=lambda d: d.discharged_at)
+    catch_up()
+    rows = (
+        filters.facts()
+        .filter(dtb_hours__isnull=False)
+        .order_by("anchor_at", "run_id")
+        .values_list("run_id", "patient_class", "anchor_at", "dtb_hours")
+    )
+    return [
+        RunDuration(run_id, patient_class, anchor, anchor + timedelta(hours=hours))
+        for run_id, patient_class, anchor, hours in rows
+    ]
 
 
 def open_exceptions_by_kind(filters: Filters | None = None) -> list[ExceptionKindRow]:
@@ -274,79 +301,142 @@ def backlog_by_age(filters: Filters, now: datetime | None = None) -> list[AgeBan
     return out
 
 
-def adgpsr(filters: Filters) -> Decimal:
-    """Average daily gross charges: charges on accounts discharged in the 90 days before the window's end ÷ 90."""
-    window = Filters(
-        start=filters.end - timedelta(days=ADGPSR_DAYS),
-        end=filters.end,
-        facility=filters.facility,
-        patient_class=filters.patient_class,
+# Duration columns of a fact and the KPI each feeds.
+DURATIONS = {
+    "discharge_to_bill": "dtb_hours",
+    "claim_lag": "claim_lag_hours",
+    "coding_lag": "coding_hours",
+    "bill_hold": "hold_hours",
+    "payment_lag": "payment_lag_hours",
+}
+
+
+def catch_up(limit: int = CATCH_UP_LIMIT) -> None:
+    """Fold the runs changed since the worker's last rollup pass into the facts (bounded: the worker does bulk)."""
+    rollups.refresh(limit=limit)
+
+
+def _add_facts(out: dict[date, Tally], facts: QuerySet[RunFact]) -> None:
+    for row in facts.exclude(anchor_at=None).values_list("anchor_at", *COLUMNS):
+        out[rollups.local_day(row[0])].add_row(row[1:])
+
+
+def _tally_in_sql(facts: QuerySet[RunFact], hours: tuple[str, ...]) -> Tally:
+    """The tally of a slice of facts (a partial day) counted by the database, for the hour columns asked for."""
+    live = Q(cancelled=False)
+    row = facts.aggregate(
+        runs=Count("run_id"),
+        done=Count("run_id", filter=Q(done_at__isnull=False)),
+        blocked=Count("run_id", filter=Q(status=RunStatus.BLOCKED)),
+        not_completed=Count("run_id", filter=~Q(status=RunStatus.COMPLETED)),
+        remitted=Count("run_id", filter=Q(remitted=True)),
+        denied=Count("run_id", filter=Q(denied_first=True)),
+        clean=Count("run_id", filter=Q(clean=True)),
+        first_pass=Count("run_id", filter=Q(first_pass=True)),
+        sla_met=Sum("sla_met"),
+        sla_breached=Sum("sla_breached"),
+        dnfb_count=Count("run_id", filter=live & Q(done_at__isnull=True)),
+        gross=Sum("amount", filter=live),
+        late=Sum("late_amount", filter=live),
+        dnfb=Sum("amount", filter=live & Q(done_at__isnull=True)),
     )
-    gross = (
-        WorkflowRun.objects.filter(id__in=window.discharged_steps().values("run_id"))
-        .exclude(status=RunStatus.CANCELLED)
-        .aggregate(total=Sum("amount"))["total"]
-    )
-    return ((gross or Decimal("0")) / ADGPSR_DAYS).quantize(Decimal("0.01"))
+    tally = Tally()
+    if not row["runs"]:
+        return tally
+    tally.counts.update({name: row[name] or 0 for name in COUNTS})
+    tally.sums.update({name: row[name] or Decimal("0") for name in SUMS})
+    if hours:
+        # One round trip for every histogram: a UNION ALL of one GROUP BY per hour column.
+        parts = [
+            facts.filter(**{f"{column}__isnull": False})
+            .annotate(column=Value(column, output_field=CharField()), h=Floor(F(column) + 0.5))
+            .values("column", "h")
+            .annotate(n=Count("run_id"))
+            .order_by()
+            for column in hours
+        ]
+        union = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
+        for column, h, n in union.values_list("column", "h", "n"):
+            tally.hours[column][int(h)] += n
+    due = facts.filter(sla_open__gt=0).values("sla_open_deadline").annotate(n=Sum("sla_open")).order_by()
+    for b in due:
+        if b["sla_open_deadline"] is not None:
+            tally.open_due[int(b["sla_open_deadline"].timestamp() // 60)] += b["n"]
+    return tally
 
 
-def _step_times(run_ids: QuerySet, steps: list[str]) -> dict[int, dict[str, datetime]]:
-    times: dict[int, dict[str, datetime]] = defaultdict(dict)
-    rows = WorkflowStep.objects.filter(run_id__in=run_ids, step__in=steps).values_list(
-        "run_id", "step", "occurred_at"
-    )
-    for run_id, step, occurred_at in rows:
-        times[run_id][step] = occurred_at
-    return times
+def day_tallies(filters: Filters, workflow: str, hours: tuple[str, ...] = HOURS) -> dict[date, Tally]:
+    """Per anchor day, the tally of `workflow`'s facts the filters select.
 
-
-def payment_lag_and_denials(filters: Filters) -> tuple[DurationStats, int, int]:
-    """Payment lag (claim submitted → paid) and the first-remit denial counts, for runs discharged in the window.
-
-    A claim is remitted when it was paid or denied; it counts as denied when the denial came first (or alone).
+    Whole days come from the daily rollup (overall, or the one facet asked for); the partial first and last day
+    are counted by the database, and any combination of two or more facets is tallied from its (few) facts.
+    Only the hour histograms named in `hours` are filled for the partial days.
     """
-    times = _step_times(filters.discharged_steps().values("run_id"), [CLAIM_SUBMITTED, PAID, DENIED])
-    lags, remitted, denied = [], 0, 0
-    for steps in times.values():
-        submitted, paid, denial = steps.get(CLAIM_SUBMITTED), steps.get(PAID), steps.get(DENIED)
-        if submitted and paid and paid >= submitted:
-            lags.append((paid - submitted).total_seconds() / 3600)
-        if paid or denial:
-            remitted += 1
-            if denial and (paid is None or denial <= paid):
-                denied += 1
-    return duration_stats(lags), remitted, denied
+    out: dict[date, Tally] = defaultdict(Tally)
+    facets = [(dim, getattr(filters, dim)) for dim in rollups.DIMS if getattr(filters, dim)]
+    first = rollups.local_day(filters.start)
+    if rollups.day_bounds(first)[0] < filters.start:
+        first += DAY
+    last = rollups.local_day(filters.end)
+    if len(facets) > 1 or first >= last:
+        _add_facts(out, filters.facts(workflow))
+        return out
+    dim, value = facets[0] if facets else ("", "")
+    rows = KpiDay.objects.filter(workflow=workflow, dim=dim, value=value, day__gte=first, day__lt=last)
+    for day, data in rows.values_list("day", "data"):
+        out[day].merge_json(data)
+    head_end, tail_start = rollups.day_bounds(first)[0], rollups.day_bounds(last)[0]
+    if filters.start < head_end:
+        out[first - DAY].merge(_tally_in_sql(replace(filters, end=head_end).facts(workflow), hours))
+    if tail_start < filters.end:
+        out[last].merge(_tally_in_sql(replace(filters, start=tail_start).facts(workflow), hours))
+    return out
 
 
-def sla_compliance(filters: Filters, now: datetime | None = None) -> list[SlaRow]:
-    """Per workflow: SLA-bound steps reached in the window that the run left (for any later step) within the SLA.
+def merged(tallies: dict[date, Tally]) -> Tally:
+    total = Tally()
+    for tally in tallies.values():
+        total.merge(tally)
+    return total
+
+
+def _stats(tally: Tally, column: str) -> DurationStats:
+    histogram = tally.hours[column]
+    return DurationStats(
+        sum(histogram.values()), histogram_percentile(histogram, 50), histogram_percentile(histogram, 90)
+    )
+
+
+def adgpsr(filters: Filters, days: dict[date, Tally] | None = None) -> Decimal:
+    """Average daily gross charges: charges on accounts discharged in the 90 days before the window's end ÷ 90.
+
+    `days` are the window's own tallies, reused when the window is those 90 days (the default).
+    """
+    window = replace(filters, start=filters.end - timedelta(days=ADGPSR_DAYS))
+    if days is None or window != filters:
+        days = day_tallies(window, DTB, hours=())
+    gross = merged(days).sums["gross"]
+    return (gross / ADGPSR_DAYS).quantize(Decimal("0.01"))
+
+
+def sla_compliance(
+    filters: Filters, now: datetime | None = None, known: dict[str, dict[date, Tally]] | None = None
+) -> list[SlaRow]:
+    """Per workflow: SLA-bound steps of runs anchored in the window that were left (for any later step) in time.
 
     A step not yet left counts as breached once its SLA has passed, and as pending before that.
     """
     now = now or timezone.now()
+    catch_up()
     out = []
-    for workflow in WORKFLOWS.values():
-        bound = {step.name: step for step in workflow.steps if step.sla is not None}
-        if not bound:
+    for wf in WORKFLOWS.values():
+        if not any(step.sla is not None for step in wf.steps):
             continue
-        runs = filters.runs(workflow.code)
-        in_window = WorkflowStep.objects.filter(
-            run__in=runs, step__in=list(bound), occurred_at__gte=filters.start, occurred_at__lt=filters.end
-        )
-        times = _step_times(in_window.values("run_id"), workflow.step_names)
-        met = breached = pending = 0
-        for run_id, name, reached in in_window.values_list("run_id", "step", "occurred_at"):
-            step = bound[name]
-            # The run leaves a step when it reaches any other step (as workflows.sla sees it), declared or not.
-            following = [t for n, t in times[run_id].items() if n != name and t >= reached]
-            left = min(following, default=None)
-            if left is not None:
-                met, breached = (met + 1, breached) if left - reached <= step.sla else (met, breached + 1)
-            elif now - reached > step.sla:
-                breached += 1
-            else:
-                pending += 1
-        out.append(SlaRow(workflow.code, workflow.label, met, breached, pending))
+        days = (known or {}).get(wf.code)
+        tally = merged(day_tallies(filters, wf.code, hours=()) if days is None else days)
+        overdue, pending = tally.overdue(now)
+        met, breached = tally.counts["sla_met"], tally.counts["sla_breached"] + overdue
+        out.append(SlaRow(wf.code, wf.label, met, breached, pending))
     return out
 
 
@@ -355,84 +445,161 @@ def kpis(
     durations: list[RunDuration] | None = None,
     filters: Filters | None = None,
 ) -> Kpis:
-    """The tile numbers for `filters` (default: the 90 days ending `now`); pass `durations` if already read."""
+    """The tile numbers for `filters` (default: the 90 days ending `now`), from the daily rollups.
+
+    `durations` is accepted for callers that already read them; the figures come from the rollups either way.
+    """
     now = now or timezone.now()
     filters = filters or Filters.default(now)
-    if durations is None:
-        durations = billed_durations(filters)
-    discharged_runs = WorkflowRun.objects.filter(id__in=filters.discharged_steps().values("run_id"))
-    billed_runs = discharged_runs.filter(steps__step=CLAIM_SUBMITTED)
-    unbilled = discharged_runs.exclude(steps__step=CLAIM_SUBMITTED)
-    # DNFB: gross charges on accounts discharged but not final-billed; a cancelled run has left DNFB.
-    dnfb = unbilled.exclude(status=RunStatus.CANCELLED).aggregate(total=Sum("amount"))["total"]
-    payment_lag, remitted, denied = payment_lag_and_denials(filters)
+    catch_up()
+    days = day_tallies(filters, DTB, hours=tuple(DURATIONS.values()))
+    p2p = day_tallies(filters, P2P, hours=("cycle_hours",))
+    total = merged(days)
+    counts, sums = total.counts, total.sums
     return Kpis(
         since=filters.start,
         until=filters.end,
-        discharge_to_bill=duration_stats([d.hours for d in durations]),
-        claim_lag=duration_stats([d.hours for d in durations if d.patient_class == INPATIENT]),
-        runs_discharged=discharged_runs.count(),
-        runs_billed=billed_runs.count(),
-        runs_blocked=discharged_runs.filter(status=RunStatus.BLOCKED).count(),
-        dnfb_amount=dnfb or Decimal("0"),
+        discharge_to_bill=_stats(total, "dtb_hours"),
+        claim_lag=_stats(total, "claim_lag_hours"),
+        runs_discharged=counts["runs"],
+        runs_billed=counts["done"],
+        runs_blocked=counts["blocked"],
+        dnfb_amount=sums["dnfb"],
         open_exceptions=open_exceptions_by_kind(filters),
-        adgpsr=adgpsr(filters),
-        payment_lag=payment_lag,
-        claims_remitted=remitted,
-        claims_denied=denied,
+        adgpsr=adgpsr(filters, days),
+        payment_lag=_stats(total, "payment_lag_hours"),
+        claims_remitted=counts["remitted"],
+        claims_denied=counts["denied"],
         backlog=backlog_by_age(filters, now),
-        sla=sla_compliance(filters, now),
+        sla=sla_compliance(filters, now, {DTB: days, P2P: p2p}),
+        coding_lag=_stats(total, "coding_hours"),
+        bill_hold=_stats(total, "hold_hours"),
+        gross_charges=sums["gross"],
+        late_charges=sums["late"],
+        claims_submitted=counts["done"],
+        claims_clean=counts["clean"],
+        claims_first_pass=counts["first_pass"],
+        po_cycle=_stats(merged(p2p), "cycle_hours"),
+        days=days,
     )
 
 
-def export_rows(filters: Filters, *, with_phi: bool) -> list[list[str]]:
-    """The accounts behind the discharge-to-bill figure, one CSV row each (header first).
+def weekly_points(filters: Filters, days: dict[date, Tally] | None = None) -> list[WeeklyPoint]:
+    """Billed accounts per discharge week (Monday) and their median days to bill."""
+    weeks: dict[date, Tally] = defaultdict(Tally)
+    for day, tally in (day_tallies(filters, DTB) if days is None else days).items():
+        weeks[day - timedelta(days=day.weekday())].merge(tally)
+    points = []
+    for week, tally in sorted(weeks.items()):
+        stats = _stats(tally, "dtb_hours")
+        if stats.count:
+            points.append(
+                WeeklyPoint(week_start=week, billed=stats.count, median_days=stats.median_days or 0.0)
+            )
+    return points
 
-    Without PHI access only ids and business times leave the building; names and MRNs never do.
-    """
-    header = [
-        "run_id",
-        "encounter",
-        "account",
-        "facility",
-        "patient_class",
-        "discharged_at",
-        "claim_submitted_at",
-    ]
-    header.append("days_to_bill")
-    if with_phi:
-        header += ["patient_mrn", "payer"]
-    durations = billed_durations(filters)
-    runs = WorkflowRun.objects.in_bulk([d.run_id for d in durations])
-    rows = [header]
-    for d in durations:
-        run = runs[d.run_id]
-        context = run.context if isinstance(run.context, dict) else {}
-        row = [
-            str(run.pk),
-            run.business_key,
-            str(context.get("account_number") or ""),
-            run.facility,
-            run.patient_class,
-            d.discharged_at.isoformat(),
-            d.submitted_at.isoformat(),
-            f"{d.hours / 24:.2f}",
-        ]
-        if with_phi:
-            row += [str((context.get("patient") or {}).get("mrn") or ""), run.payer]
-        rows.append(row)
-    return rows
+
+@dataclass(frozen=True)
+class Bin:
+    """Billed accounts whose days to bill fall in [low, low + width)."""
+
+    low_days: float
+    count: int
+
+
+def distribution(
+    filters: Filters, days: dict[date, Tally] | None = None, width_days: float = 0.5, cap_days: float = 30
+) -> list[Bin]:
+    """Days-to-bill histogram from the rollups (the page never ships one number per account)."""
+    histogram = merged(day_tallies(filters, DTB) if days is None else days).hours["dtb_hours"]
+    bins: Counter[int] = Counter()
+    cap = int(cap_days / width_days)
+    for hours, count in histogram.items():
+        bins[min(int(hours // (width_days * 24)), cap)] += count
+    return [Bin(bucket * width_days, count) for bucket, count in sorted(bins.items())]
+
+
+@dataclass
+class PeriodReadiness:
+    """What still blocks closing one month, for the accounts and POs the filters select."""
+
+    period: str
+    dnfb_count: int
+    dnfb_amount: Decimal
+    unposted_remits: int
+    unmatched_invoices: int
+    labour_posted: bool
+    open_exceptions: int
+    start: date
+    end: date
+
+    @property
+    def ready(self) -> bool:
+        return not (self.dnfb_count or self.unposted_remits or self.unmatched_invoices) and self.labour_posted
+
+
+def periods(filters: Filters) -> list[str]:
+    """The YYYY-MM months the window touches, oldest first."""
+    first = timezone.localtime(filters.start).date().replace(day=1)
+    last = timezone.localtime(filters.end - timedelta(microseconds=1)).date()
+    out = []
+    while first <= last:
+        out.append(f"{first:%Y-%m}")
+        first = (first + timedelta(days=32)).replace(day=1)
+    return out
+
+
+def close_readiness(filters: Filters) -> list[PeriodReadiness]:
+    """Close readiness per month of the window, as workflows' close page judges one period, from the rollups."""
+    catch_up()
+    months = [(period, *period_bounds(period)) for period in periods(filters)]
+    if not months:
+        return []
+    span = replace(filters, start=months[0][1], end=months[-1][2])
+    by_month: dict[str, dict[str, Tally]] = defaultdict(lambda: defaultdict(Tally))
+    for workflow in (DTB, REMITTANCE):
+        for day, tally in day_tallies(span, workflow, hours=()).items():
+            by_month[f"{day:%Y-%m}"][workflow].merge(tally)
+    out = []
+    for period, start, end in months:
+        month = replace(filters, start=start, end=end)
+        dtb, remits = by_month[period][DTB], by_month[period][REMITTANCE]
+        invoices = (
+            month.facts(P2P, windowed=False)
+            .filter(invoice_received_at__gte=start, invoice_received_at__lt=end, done_at__isnull=True)
+            .count()
+        )
+        labour = RunFact.objects.filter(workflow=LABOUR, business_key=period, done_at__isnull=False).exists()
+        out.append(
+            PeriodReadiness(
+                period=period,
+                dnfb_count=dtb.counts["dnfb_count"],
+                dnfb_amount=dtb.sums["dnfb"],
+                unposted_remits=remits.counts["not_completed"],
+                unmatched_invoices=invoices,
+                labour_posted=labour,
+                open_exceptions=month.exceptions().open().filter(created_at__gte=start).count(),
+                start=start.date(),
+                end=(end - timedelta(days=1)).date(),
+            )
+        )
+    return out
 
 
 def facilities() -> list[str]:
     """Facilities known from discharge-to-bill runs, for the filter's choices."""
-    return list(
-        WorkflowRun.objects.filter(workflow=DTB)
-        .exclude(facility="")
-        .order_by("facility")
-        .values_list("facility", flat=True)
-        .distinct()
-    )
+    return _distinct("facility")
+
+
+def payers() -> list[str]:
+    """Payers known from discharge-to-bill runs, for the filter's choices."""
+    return _distinct("payer")
+
+
+def _distinct(dim: str) -> list[str]:
+    # The daily rollup holds one row per facet value and day: far fewer rows than the facts.
+    values = KpiDay.objects.filter(workflow=DTB, dim=dim).values_list("value", flat=True)
+    return list(values.order_by("value").distinct()[:500])
 
 
 def weekly_trend(durations: list[RunDuration]) -> list[WeeklyPoint]:

@@ -253,10 +253,10 @@ def test_page_shows_the_filtered_figures(
     # SLA, NORTH: met A once, B and G twice; breached: A submitted→paid 10 d, A and G left "paid" after its 1-day SLA,
     # D never billed.
     assert (
-        '<tr><td>Discharge to bill to cash</td><td class="num">56%</td>\n'
+        'Discharge to bill to cash</a></td><td class="num">56%</td>\n'
         '            <td class="num">5</td><td class="num">4</td><td class="num">0</td></tr>'
     ) in body
-    assert '<tr><td>0-1d</td><td class="num">0</td><td class="num">$0.00</td></tr>' in body
+    assert '>0-1d</a></td><td class="num">0</td><td class="num">$0.00</td></tr>' in body
     escaped = QUERY.replace("&", "&amp;")
     assert f"/dashboard/export.csv?{escaped}&amp;facility=NORTH" in body
     assert f"/dashboard/tiles/?{escaped}&amp;facility=NORTH" in body
