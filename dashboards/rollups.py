@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
+from time import monotonic
 from typing import Any
 
 from django.db import connection, transaction
@@ -23,7 +24,8 @@ from django.utils import timezone
 from dashboards.models import DirtyRun, KpiDay, RunFact
 from dashboards.tally import COLUMNS, Tally
 from healthsync.choices import RunStatus
-from workflows.definitions import WORKFLOWS
+from healthsync.governance.runtime import step_slas
+from workflows.definitions import WORKFLOWS, Workflow
 from workflows.models import WorkflowRun, WorkflowStep
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,18 @@ def _late_amount(context: dict[str, Any]) -> Decimal:
     return total.quantize(Decimal("0.01"))
 
 
+_SLA_CACHE: dict[str, tuple[float, dict[str, timedelta | None]]] = {}
+
+
+def _deployed_slas(definition: Workflow) -> dict[str, timedelta | None]:
+    """The deployed (governed) step SLAs, read at most once a minute per process: facts are made in bulk."""
+    now = monotonic()
+    hit = _SLA_CACHE.get(definition.code)
+    if hit is None or now - hit[0] > 60:
+        hit = _SLA_CACHE[definition.code] = (now, step_slas(definition))
+    return hit[1]
+
+
 def _sla(workflow: str, steps: dict[str, datetime]) -> tuple[int, int, int, datetime | None]:
     """Met, breached (steps left), open steps and the earliest open deadline, as `workflows.sla` judges them."""
     definition = WORKFLOWS.get(workflow)
@@ -78,20 +92,21 @@ def _sla(workflow: str, steps: dict[str, datetime]) -> tuple[int, int, int, date
     deadline: datetime | None = None
     if definition is None:
         return 0, 0, 0, None
+    slas = _deployed_slas(definition)
     for name, reached in steps.items():
-        declared = definition.step(name)
-        if declared is None or declared.sla is None:
+        sla = slas.get(name)
+        if sla is None:
             continue
         # The run leaves a step when it reaches any other step at or after it.
         left = min((t for n, t in steps.items() if n != name and t >= reached), default=None)
         if left is not None:
-            if left - reached <= declared.sla:
+            if left - reached <= sla:
                 met += 1
             else:
                 breached += 1
         else:
             still_open += 1
-            due = reached + declared.sla
+            due = reached + sla
             deadline = due if deadline is None or due < deadline else deadline
     return met, breached, still_open, deadline
 
