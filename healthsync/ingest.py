@@ -4,9 +4,13 @@ Protocol-neutral: listeners (MLLP, HTTP, file pollers) hand over what they read 
 sender only after `store_messages` returns, i.e. after the commit. Many messages go in one transaction so
 that the commit cost is shared; the rows are the work queue, so nothing else needs writing.
 
-Dedupe: the first copy of (connector, sender, control id) owns `Message.dedupe_key`, which is unique; a later
-copy is kept with status duplicate and `duplicate_of` pointing at the first, and never processed. Two
-listener processes racing on one control id are settled by the unique index.
+Dedupe: the first copy of (connector, sender, control id) owns its key, a MessageKey row written in the same
+transaction (the message store is partitioned by time on PostgreSQL, where a unique index could not span the
+partitions); a later copy is kept with status duplicate and `duplicate_of` pointing at the first, and never
+processed. Two listener processes racing on one control id are settled by MessageKey's primary key.
+
+On PostgreSQL each process makes sure, once per partition range, that a partition holds the current time
+(healthsync.partitions): the DEFAULT partition would take the rows anyway, but it is meant to stay empty.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from healthsync import partitions
 from healthsync.choices import Lane, MessageStatus
 from healthsync.models import Message
+from healthsync.models.core import MessageKey
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +108,8 @@ def store_messages(items: Sequence[InboundItem], *, raw_connection: Any = None) 
     """
     if not items:
         return []
+    if connection.vendor == "postgresql":
+        partitions.ingest_coverage.ensure(_runner(raw_connection), timezone.now())
     if raw_connection is not None and _raw_sql() is not None:
         try:
             return _store_raw(raw_connection, items)
@@ -121,6 +129,19 @@ def store_messages(items: Sequence[InboundItem], *, raw_connection: Any = None) 
             outcomes = _store_row_by_row(items, keys)
             _kick_after_commit(outcomes)
     return outcomes
+
+
+def _runner(raw_connection: Any) -> Any:
+    """Run fn(cursor) in a transaction on the connection this batch is written with."""
+
+    def run(fn: Any) -> Any:
+        if raw_connection is not None:
+            with raw_connection.transaction(), raw_connection.cursor() as cursor:
+                return fn(cursor)
+        with transaction.atomic(), connection.cursor() as cursor:
+            return fn(cursor)
+
+    return run
 
 
 def _kick_after_commit(outcomes: list[StoreOutcome]) -> None:
@@ -157,6 +178,22 @@ def _copy_sql() -> str | None:
     return f"COPY {quote(Message._meta.db_table)} ({columns}) FROM STDIN"
 
 
+def _key_copy_sql() -> str:
+    quote = connection.ops.quote_name
+    key, message = (MessageKey._meta.get_field(name).column for name in ("key", "message"))
+    return f"COPY {quote(MessageKey._meta.db_table)} ({quote(key)}, {quote(message)}) FROM STDIN"
+
+
+def _lookup_sql(reserve_from: str) -> str:
+    """Reserve ids and read the keys already stored, in one round trip; `reserve_from` names the sequence."""
+    quote = connection.ops.quote_name
+    return (
+        f"SELECT NULL, nextval({reserve_from}) FROM generate_series(1, %s) "  # noqa: S608
+        f"UNION ALL SELECT {quote('key')}, {quote('message_id')} FROM {quote(MessageKey._meta.db_table)} "
+        f"WHERE {quote('key')} = ANY(%s::varchar[])"
+    )
+
+
 def _values(spec: _Spec, now: datetime) -> dict[str, Any]:
     item, key, status, duplicate_of = spec
     return {
@@ -182,7 +219,7 @@ def _store(items: Sequence[InboundItem], keys: list[str | None]) -> list[StoreOu
     if copy_sql is not None:
         existing, ids = _lookup_and_reserve(wanted, len(items))
     elif wanted:
-        existing = dict(Message.objects.filter(dedupe_key__in=wanted).values_list("dedupe_key", "id"))
+        existing = dict(MessageKey.objects.filter(key__in=wanted).values_list("key", "message_id"))
     else:
         existing = {}
     # Every item that is not a copy of one already stored or earlier in this batch owns its key.
@@ -207,6 +244,7 @@ def _store(items: Sequence[InboundItem], keys: list[str | None]) -> list[StoreOu
         specs: list[tuple[int, _Spec]] = [(i, (items[i], keys[i], items[i].status, None)) for i in firsts]
         specs += [(i, (items[i], None, MessageStatus.DUPLICATE, existing[keys[i] or ""])) for i in copies]
         _copy(copy_sql, [(ids[i], spec) for i, spec in specs], now)
+        _copy_keys([(keys[i], ids[i]) for i in firsts if keys[i] is not None])
         for i, (_item, _key, status, first) in specs:
             outcomes[i] = StoreOutcome(ids[i], status, first)
         return [outcomes[i] for i in range(len(items))]
@@ -218,6 +256,9 @@ def _store(items: Sequence[InboundItem], keys: list[str | None]) -> list[StoreOu
         key = keys[index]
         if key is not None:
             existing.setdefault(key, row.pk)
+    MessageKey.objects.bulk_create(
+        [MessageKey(key=keys[i], message_id=rows_pk) for i, rows_pk in _owned(firsts, rows, keys)]
+    )
     if copies:
         dup_rows = Message.objects.bulk_create(
             [
@@ -230,15 +271,24 @@ def _store(items: Sequence[InboundItem], keys: list[str | None]) -> list[StoreOu
     return [outcomes[i] for i in range(len(items))]
 
 
+def _owned(firsts: list[int], rows: list[Message], keys: list[str | None]) -> list[tuple[int, int]]:
+    return [(i, row.pk) for i, row in zip(firsts, rows, strict=True) if keys[i] is not None]
+
+
+def _copy_keys(pairs: list[tuple[str | None, int]]) -> None:
+    if not pairs:
+        return
+    with connection.cursor() as cursor, connection.wrap_database_errors:
+        with cursor.cursor.copy(_key_copy_sql()) as copy:
+            for key, pk in pairs:
+                copy.write_row([key, pk])
+
+
 def _lookup_and_reserve(keys: list[str], count: int) -> tuple[dict[str, int], list[int]]:
     """One round trip on PostgreSQL: the ids of keys already stored, and `count` new ids from the sequence."""
     table = Message._meta.db_table
     # The table name comes from the model; every value is a parameter.
-    sql = (
-        "SELECT NULL, nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s) "  # noqa: S608
-        f"UNION ALL SELECT dedupe_key, id FROM {connection.ops.quote_name(table)} "
-        "WHERE dedupe_key = ANY(%s::varchar[])"
-    )
+    sql = _lookup_sql("pg_get_serial_sequence(%s, %s)")
     existing: dict[str, int] = {}
     ids: list[int] = []
     with connection.cursor() as cursor:
@@ -266,17 +316,18 @@ def _store_row_by_row(items: Sequence[InboundItem], keys: list[str | None]) -> l
     outcomes: list[StoreOutcome] = []
     for item, key in zip(items, keys, strict=True):
         if key is not None:
-            first = Message.objects.filter(dedupe_key=key).values_list("id", flat=True).first()
+            first = MessageKey.objects.filter(key=key).values_list("message_id", flat=True).first()
             if first is None:
                 try:
                     with transaction.atomic():
                         row = _row(item, key=key, status=item.status)
                         row.save(force_insert=True)
+                        MessageKey.objects.create(key=key, message_id=row.pk)
                     outcomes.append(StoreOutcome(row.pk, row.status))
                     continue
                 except IntegrityError:
-                    # On PostgreSQL the insert waited for the other transaction; its row is committed now.
-                    first = Message.objects.filter(dedupe_key=key).values_list("id", flat=True).first()
+                    # On PostgreSQL the insert waited for the other transaction; its key is committed now.
+                    first = MessageKey.objects.filter(key=key).values_list("message_id", flat=True).first()
                     if first is None:
                         raise
             row = _row(item, key=None, status=MessageStatus.DUPLICATE, duplicate_of=first)
@@ -290,19 +341,14 @@ def _store_row_by_row(items: Sequence[InboundItem], keys: list[str | None]) -> l
 
 
 @functools.cache
-def _raw_sql() -> tuple[str, str] | None:
-    """The fast path's two statements: reserve ids + find stored keys (one round trip), and COPY."""
+def _raw_sql() -> tuple[str, str, str] | None:
+    """The fast path's statements: reserve ids + find stored keys (one round trip), COPY rows, COPY keys."""
     copy_sql = _copy_sql()
     if copy_sql is None:
         return None
     table = Message._meta.db_table
-    quote = connection.ops.quote_name
-    reserve = (
-        f"SELECT NULL, nextval(pg_get_serial_sequence('{table}', '{Message._meta.pk.column}')) "  # noqa: S608
-        f"FROM generate_series(1, %s) UNION ALL SELECT dedupe_key, id FROM {quote(table)} "
-        "WHERE dedupe_key = ANY(%s::varchar[])"
-    )
-    return reserve, copy_sql
+    reserve = _lookup_sql(f"pg_get_serial_sequence('{table}', '{Message._meta.pk.column}')")
+    return reserve, copy_sql, _key_copy_sql()
 
 
 def _store_raw(conn: Any, items: Sequence[InboundItem]) -> list[StoreOutcome]:
@@ -313,7 +359,7 @@ def _store_raw(conn: Any, items: Sequence[InboundItem]) -> list[StoreOutcome]:
     """
     sql = _raw_sql()
     assert sql is not None
-    reserve, copy_sql = sql
+    reserve, copy_sql, key_copy_sql = sql
     keys = [_key_for(item) for item in items]
     wanted = sorted({k for k in keys if k is not None})
     existing: dict[str, int] = {}
@@ -327,6 +373,7 @@ def _store_raw(conn: Any, items: Sequence[InboundItem]) -> list[StoreOutcome]:
             else:
                 existing[key] = pk
         outcomes: list[StoreOutcome] = []
+        owned: list[tuple[str, int]] = []
         with cursor.copy(copy_sql) as copy:
             for index, (item, key) in enumerate(zip(items, keys, strict=True)):
                 pk = ids[index]
@@ -337,8 +384,13 @@ def _store_raw(conn: Any, items: Sequence[InboundItem]) -> list[StoreOutcome]:
                     continue
                 if key is not None:
                     existing[key] = pk
+                    owned.append((key, pk))
                 copy.write_row(_copy_row(pk, item, key, item.status, None, now))
                 outcomes.append(StoreOutcome(pk, item.status))
+        if owned:
+            with cursor.copy(key_copy_sql) as copy:
+                for pair in owned:
+                    copy.write_row(pair)
     if any(o.status == MessageStatus.RECEIVED for o in outcomes):
         kick_worker()
     return outcomes
