@@ -35,7 +35,6 @@ from django.db.models import ProtectedError, Q, RestrictedError
 from django.utils import timezone
 
 from healthsync import partitions
-
 from healthsync.choices import JobRunStatus, MessageStatus
 from healthsync.models import (
     Connector,
@@ -99,6 +98,8 @@ def prune(
     # Ranges of partitions left for a later drop (busy, or a dry run): the row path must not eat them.
     later = Q()
     if partitions.using_partitions():
+        if not dry_run:
+            _ensure_ahead(lines)
         for start, end in _prune_partitions(
             run, now=now, policies=policies, codes=codes, lines=lines, counts=counts
         ):
@@ -195,6 +196,17 @@ def _prune_partitions(
     if dropped:
         counts["_partitions"] = dropped
     return later
+
+
+def _ensure_ahead(lines: list[str]) -> None:
+    """The prune job is also what keeps partitions ready ahead of ingest (which only makes the current one)."""
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            created = partitions.ensure_partitions(cursor, now=timezone.now())
+    except OperationalError:
+        logger.warning("prune: could not create partitions ahead (busy); ingest makes them on demand")
+        return
+    lines.extend(f"partition {p.name}: created ahead" for p in created)
 
 
 def _quote(name: str) -> str:

@@ -272,7 +272,7 @@ class Message(models.Model):
     control_id = models.CharField(max_length=200, blank=True, help_text="MSH-10 or the source's own id.")
     message_type = models.CharField(max_length=40, blank=True, help_text="e.g. ADT^A03")
     # Set only on the first copy of a (connector, sender, control id); MessageKey holds the unique copy.
-    dedupe_key = models.CharField(max_length=420, null=True, blank=True)
+    dedupe_key = models.CharField(max_length=420, null=True, blank=True)  # noqa: DJ001 (null: no key)
     duplicate_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+
 import psycopg
 import pytest
 from django.db import connection
@@ -21,7 +22,9 @@ from healthsync.retention import prune
 from healthsync.seed import seed_reference_config
 
 pytestmark = [
-    pytest.mark.skipif(connection.vendor != "postgresql", reason="the store is partitioned on PostgreSQL only"),
+    pytest.mark.skipif(
+        connection.vendor != "postgresql", reason="the store is partitioned on PostgreSQL only"
+    ),
 ]
 
 
@@ -134,7 +137,9 @@ def test_an_old_partition_is_dropped_whole_and_counted(ehr: Connector, settings)
     queued, held, linked = Message.objects.filter(received_at__lt=old + timedelta(days=1)).order_by("id")[:3]
     Message.objects.filter(pk=queued.pk).update(status=MessageStatus.RECEIVED)
     ExceptionItem.objects.create(kind=ExceptionKind.MAPPING_FAILED, reason="r", message=held)
-    event = CanonicalEvent.objects.create(type="t", source="s", subject="V", idempotency_key="e", message=linked)
+    event = CanonicalEvent.objects.create(
+        type="t", source="s", subject="V", idempotency_key="e", message=linked
+    )
     replay = store_messages([_item(ehr, "R1")])[0]
     Message.objects.filter(pk=replay.message_id).update(replay_of=linked)
     young = store_messages([_item(ehr, "Y1")])[0]
@@ -178,7 +183,9 @@ def test_a_dry_run_counts_a_partition_and_drops_nothing(ehr: Connector, settings
     assert Message.objects.count() == 50
 
 
-def test_a_shorter_status_retention_deletes_rows_inside_a_partition_that_stays(ehr: Connector, settings) -> None:
+def test_a_shorter_status_retention_deletes_rows_inside_a_partition_that_stays(
+    ehr: Connector, settings
+) -> None:
     from healthsync.models import RetentionPolicy
 
     settings.HEALTHSYNC_RETENTION_DAYS = 30
@@ -196,7 +203,9 @@ def test_a_shorter_status_retention_deletes_rows_inside_a_partition_that_stays(e
     assert set(Message.objects.values_list("status", flat=True)) == {MessageStatus.FAILED}
 
 
-def test_the_longest_keep_time_of_any_connector_and_status_holds_a_partition(ehr: Connector, settings) -> None:
+def test_the_longest_keep_time_of_any_connector_and_status_holds_a_partition(
+    ehr: Connector, settings
+) -> None:
     from healthsync.models import RetentionPolicy
 
     settings.HEALTHSYNC_RETENTION_DAYS = 10
@@ -240,7 +249,7 @@ def test_pruning_gives_way_to_ingest_and_ingest_keeps_going(settings) -> None:
                 outcomes = store_messages([_item(ehr, f"L{n}-{i}") for i in range(10)])
                 stored.extend(o.message_id for o in outcomes)
                 time.sleep(0.005)
-        except BaseException as exc:  # noqa: BLE001 (reported by the test)
+        except BaseException as exc:
             errors.append(exc)
         finally:
             thread_connection.close()
@@ -284,5 +293,3 @@ def test_a_partition_detached_by_an_interrupted_run_is_dropped_by_the_next(ehr: 
     with connection.cursor() as cursor:
         cursor.execute("SELECT to_regclass(%s)", [leftover])
         assert cursor.fetchone()[0] is None
-
-
