@@ -122,6 +122,8 @@ def ensure_partitions(
             existing.append(partition)
             created.append(partition)
         start, end = end, end + timedelta(days=days)
+    # SET LOCAL outlives a savepoint: give the caller's transaction its own timeout back.
+    cursor.execute("SET LOCAL lock_timeout TO DEFAULT")
     for partition in created:
         logger.info("partitions: created %s [%s, %s)", partition.name, partition.start, partition.end)
     return created
