@@ -44,6 +44,8 @@ def partition_messages(apps, schema_editor):
             f"CREATE TABLE {TABLE} (LIKE {OLD} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) "
             "PARTITION BY RANGE (received_at)"
         )
+        # After a reverse migration the old id default is a sequence the old table owns: not copied here.
+        cursor.execute(f"ALTER TABLE {TABLE} ALTER COLUMN id DROP DEFAULT")
         cursor.execute(f"CREATE TABLE {partitions.DEFAULT_PARTITION} PARTITION OF {TABLE} DEFAULT")
         cursor.execute(f"SELECT DISTINCT date_trunc('day', received_at AT TIME ZONE 'UTC') FROM {OLD}")
         days = [row[0].replace(tzinfo=UTC) for row in cursor.fetchall()]
