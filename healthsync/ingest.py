@@ -4,9 +4,13 @@ Protocol-neutral: listeners (MLLP, HTTP, file pollers) hand over what they read 
 sender only after `store_messages` returns, i.e. after the commit. Many messages go in one transaction so
 that the commit cost is shared; the rows are the work queue, so nothing else needs writing.
 
-Dedupe: the first copy of (connector, sender, control id) owns `Message.dedupe_key`, which is unique; a later
-copy is kept with status duplicate and `duplicate_of` pointing at the first, and never processed. Two
-listener processes racing on one control id are settled by the unique index.
+Dedupe: the first copy of (connector, sender, control id) owns its key, a MessageKey row written in the same
+transaction (the message store is partitioned by time on PostgreSQL, where a unique index could not span the
+partitions); a later copy is kept with status duplicate and `duplicate_of` pointing at the first, and never
+processed. Two listener processes racing on one control id are settled by MessageKey's primary key.
+
+On PostgreSQL each process makes sure, once per partition range, that a partition holds the current time
+(healthsync.partitions): the DEFAULT partition would take the rows anyway, but it is meant to stay empty.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from healthsync import partitions
 from healthsync.choices import Lane, MessageStatus
 from healthsync.models import Message
+from healthsync.models.core import MessageKey
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +108,13 @@ def store_messages(items: Sequence[InboundItem], *, raw_connection: Any = None) 
     """
     if not items:
         return []
+    if connection.vendor == "postgresql":
+        partitions.ingest_coverage.ensure(_runner(raw_connection), timezone.now())
     if raw_connection is not None and _raw_sql() is not None:
         try:
             return _store_raw(raw_connection, items)
         except Exception as exc:
-            if getattr(exc, "sqlstate", None) != "23505":
+            if not isinstance(exc, _KeyRace) and getattr(exc, "sqlstate", None) != "23505":
                 raise
             # Another listener stored one of these keys after we looked: the ORM path settles it row by row.
     keys = [_key_for(item) for item in items]
@@ -121,6 +129,19 @@ def store_messages(items: Sequence[InboundItem], *, raw_connection: Any = None) 
             outcomes = _store_row_by_row(items, keys)
             _kick_after_commit(outcomes)
     return outcomes
+
+
+def _runner(raw_connection: Any) -> Any:
+    """Run fn(cursor) in a transaction on the connection this batch is written with."""
+
+    def run(fn: Any) -> Any:
+        if raw_connection is not None:
+            with raw_connection.transaction(), raw_connection.cursor() as cursor:
+                return fn(cursor)
+        with transaction.atomic(), connection.cursor() as cursor:
+            return fn(cursor)
+
+    return run
 
 
 def _kick_after_commit(outcomes: list[StoreOutcome]) -> None:
@@ -157,6 +178,71 @@ def _copy_sql() -> str | None:
     return f"COPY {quote(Message._meta.db_table)} ({columns}) FROM STDIN"
 
 
+def _claim_sql(sequence: str) -> str:
+    """One round trip on PostgreSQL: an id for every item (in arrival order, which per-key ordering relies
+    on), each new key claimed with the id of its first item, and the ids of keys stored before. Parameters:
+    [sequence args,] item count, keys, 1-based position of each key's first item, keys. Rows: (NULL, id,
+    position, NULL) per item, (key, id, NULL, True) claimed, (key, id, NULL, False) stored before.
+
+    MessageKey's primary key settles a race with another listener: ON CONFLICT waits for its transaction and
+    then skips the key, which this statement's snapshot cannot see (the caller then settles row by row).
+    """
+    table = connection.ops.quote_name(MessageKey._meta.db_table)
+    # The table name comes from the model; every value is a parameter.
+    return (
+        f"WITH ids AS MATERIALIZED (SELECT n, nextval({sequence}) AS id FROM generate_series(1, %s) AS n), "  # noqa: S608
+        f"claimed AS (INSERT INTO {table} (key, message_id) "
+        "SELECT k.key, ids.id FROM unnest(%s::varchar[], %s::int[]) AS k(key, n) JOIN ids USING (n) "
+        "ON CONFLICT DO NOTHING RETURNING key, message_id) "
+        "SELECT NULL, id, n, NULL FROM ids "
+        "UNION ALL SELECT key, message_id, NULL, true FROM claimed "
+        f"UNION ALL SELECT key, message_id, NULL, false FROM {table} WHERE key = ANY(%s::varchar[])"
+    )
+
+
+def _claim_params(keys: list[str | None]) -> tuple[list[str], list[int]]:
+    """The batch's distinct keys and the 1-based position of each one's first item."""
+    firsts: dict[str, int] = {}
+    for position, key in enumerate(keys, start=1):
+        if key is not None:
+            firsts.setdefault(key, position)
+    wanted = sorted(firsts)  # one order for every listener, so two claims never deadlock
+    return wanted, [firsts[k] for k in wanted]
+
+
+class _KeyRace(Exception):
+    """Another listener stored one of the batch's keys while the claim waited for it."""
+
+
+_Plan = tuple[int, InboundItem, str | None, str, int | None]  # id, item, key owned, status, duplicate of
+
+
+def _assign(items: Sequence[InboundItem], keys: list[str | None], rows: list[tuple[Any, ...]]) -> list[_Plan]:
+    """Give each item its id and outcome from the claim's rows, in the items' order."""
+    ids: dict[int, int] = {}
+    claimed: dict[str, int] = {}
+    existing: dict[str, int] = {}
+    for key, pk, position, is_new in rows:
+        if key is None:
+            ids[position] = pk
+        elif is_new:
+            claimed[key] = pk
+        else:
+            existing[key] = pk
+    plan: list[_Plan] = []
+    for position, (item, key) in enumerate(zip(items, keys, strict=True), start=1):
+        pk = ids[position]
+        if key is None:
+            plan.append((pk, item, None, item.status, None))
+        elif claimed.get(key) == pk:
+            plan.append((pk, item, key, item.status, None))
+        elif key in claimed or key in existing:
+            plan.append((pk, item, None, MessageStatus.DUPLICATE, claimed.get(key) or existing[key]))
+        else:
+            raise _KeyRace("a key was stored by another transaction during the claim")
+    return plan
+
+
 def _values(spec: _Spec, now: datetime) -> dict[str, Any]:
     item, key, status, duplicate_of = spec
     return {
@@ -178,13 +264,32 @@ def _values(spec: _Spec, now: datetime) -> dict[str, Any]:
 def _store(items: Sequence[InboundItem], keys: list[str | None]) -> list[StoreOutcome]:
     wanted = sorted({k for k in keys if k is not None})
     copy_sql = _copy_sql() if connection.vendor == "postgresql" else None
-    ids: list[int] = []
+    now = timezone.now()
     if copy_sql is not None:
-        existing, ids = _lookup_and_reserve(wanted, len(items))
-    elif wanted:
-        existing = dict(Message.objects.filter(dedupe_key__in=wanted).values_list("dedupe_key", "id"))
-    else:
-        existing = {}
+        claim_keys, positions = _claim_params(keys)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _claim_sql("pg_get_serial_sequence(%s, %s)"),
+                [
+                    Message._meta.db_table,
+                    Message._meta.pk.column,
+                    len(items),
+                    claim_keys,
+                    positions,
+                    claim_keys,
+                ],
+            )
+            rows = cursor.fetchall()
+        try:
+            plan = _assign(items, keys, rows)
+        except _KeyRace as exc:
+            raise IntegrityError(str(exc)) from None
+        # Ids are known up front, so first copies and later ones go in one COPY.
+        _copy(copy_sql, [(pk, (item, key, status, first)) for pk, item, key, status, first in plan], now)
+        return [StoreOutcome(pk, status, first) for pk, _item, _key, status, first in plan]
+    existing = (
+        dict(MessageKey.objects.filter(key__in=wanted).values_list("key", "message_id")) if wanted else {}
+    )
     # Every item that is not a copy of one already stored or earlier in this batch owns its key.
     firsts: list[int] = []
     copies: list[int] = []
@@ -196,20 +301,7 @@ def _store(items: Sequence[InboundItem], keys: list[str | None]) -> list[StoreOu
             firsts.append(index)
             if key is not None:
                 seen.add(key)
-    now = timezone.now()
     outcomes: dict[int, StoreOutcome] = {}
-    if copy_sql is not None:
-        # Ids are known up front, so first copies and later ones go in one COPY (the foreign key is deferred).
-        for index in firsts:
-            key = keys[index]
-            if key is not None:
-                existing.setdefault(key, ids[index])
-        specs: list[tuple[int, _Spec]] = [(i, (items[i], keys[i], items[i].status, None)) for i in firsts]
-        specs += [(i, (items[i], None, MessageStatus.DUPLICATE, existing[keys[i] or ""])) for i in copies]
-        _copy(copy_sql, [(ids[i], spec) for i, spec in specs], now)
-        for i, (_item, _key, status, first) in specs:
-            outcomes[i] = StoreOutcome(ids[i], status, first)
-        return [outcomes[i] for i in range(len(items))]
     rows = Message.objects.bulk_create(
         [Message(**_values((items[i], keys[i], items[i].status, None), now)) for i in firsts]
     )
@@ -218,6 +310,9 @@ def _store(items: Sequence[InboundItem], keys: list[str | None]) -> list[StoreOu
         key = keys[index]
         if key is not None:
             existing.setdefault(key, row.pk)
+    MessageKey.objects.bulk_create(
+        [MessageKey(key=keys[i], message_id=rows_pk) for i, rows_pk in _owned(firsts, rows, keys)]
+    )
     if copies:
         dup_rows = Message.objects.bulk_create(
             [
@@ -230,25 +325,8 @@ def _store(items: Sequence[InboundItem], keys: list[str | None]) -> list[StoreOu
     return [outcomes[i] for i in range(len(items))]
 
 
-def _lookup_and_reserve(keys: list[str], count: int) -> tuple[dict[str, int], list[int]]:
-    """One round trip on PostgreSQL: the ids of keys already stored, and `count` new ids from the sequence."""
-    table = Message._meta.db_table
-    # The table name comes from the model; every value is a parameter.
-    sql = (
-        "SELECT NULL, nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s) "  # noqa: S608
-        f"UNION ALL SELECT dedupe_key, id FROM {connection.ops.quote_name(table)} "
-        "WHERE dedupe_key = ANY(%s::varchar[])"
-    )
-    existing: dict[str, int] = {}
-    ids: list[int] = []
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [table, Message._meta.pk.column, count, keys])
-        for key, pk in cursor.fetchall():
-            if key is None:
-                ids.append(pk)
-            else:
-                existing[key] = pk
-    return existing, ids
+def _owned(firsts: list[int], rows: list[Message], keys: list[str | None]) -> list[tuple[int, int]]:
+    return [(i, row.pk) for i, row in zip(firsts, rows, strict=True) if keys[i] is not None]
 
 
 def _copy(sql: str, rows: list[tuple[int, _Spec]], now: datetime) -> None:
@@ -266,17 +344,18 @@ def _store_row_by_row(items: Sequence[InboundItem], keys: list[str | None]) -> l
     outcomes: list[StoreOutcome] = []
     for item, key in zip(items, keys, strict=True):
         if key is not None:
-            first = Message.objects.filter(dedupe_key=key).values_list("id", flat=True).first()
+            first = MessageKey.objects.filter(key=key).values_list("message_id", flat=True).first()
             if first is None:
                 try:
                     with transaction.atomic():
                         row = _row(item, key=key, status=item.status)
                         row.save(force_insert=True)
+                        MessageKey.objects.create(key=key, message_id=row.pk)
                     outcomes.append(StoreOutcome(row.pk, row.status))
                     continue
                 except IntegrityError:
-                    # On PostgreSQL the insert waited for the other transaction; its row is committed now.
-                    first = Message.objects.filter(dedupe_key=key).values_list("id", flat=True).first()
+                    # On PostgreSQL the insert waited for the other transaction; its key is committed now.
+                    first = MessageKey.objects.filter(key=key).values_list("message_id", flat=True).first()
                     if first is None:
                         raise
             row = _row(item, key=None, status=MessageStatus.DUPLICATE, duplicate_of=first)
@@ -291,54 +370,34 @@ def _store_row_by_row(items: Sequence[InboundItem], keys: list[str | None]) -> l
 
 @functools.cache
 def _raw_sql() -> tuple[str, str] | None:
-    """The fast path's two statements: reserve ids + find stored keys (one round trip), and COPY."""
+    """The fast path's two statements: claim keys + reserve ids (one round trip), and COPY."""
     copy_sql = _copy_sql()
     if copy_sql is None:
         return None
     table = Message._meta.db_table
-    quote = connection.ops.quote_name
-    reserve = (
-        f"SELECT NULL, nextval(pg_get_serial_sequence('{table}', '{Message._meta.pk.column}')) "  # noqa: S608
-        f"FROM generate_series(1, %s) UNION ALL SELECT dedupe_key, id FROM {quote(table)} "
-        "WHERE dedupe_key = ANY(%s::varchar[])"
-    )
-    return reserve, copy_sql
+    claim = _claim_sql(f"pg_get_serial_sequence('{table}', '{Message._meta.pk.column}')")
+    return claim, copy_sql
 
 
 def _store_raw(conn: Any, items: Sequence[InboundItem]) -> list[StoreOutcome]:
     """The listener's fast path on PostgreSQL: its own psycopg connection, no ORM, one transaction.
 
-    Same rows and outcomes as `_store`: ids reserved and stored keys read in one round trip, then one COPY
-    of first copies and duplicates alike, then the commit.
+    Same rows and outcomes as `_store`: ids reserved, new keys claimed and stored keys read in one round
+    trip, then one COPY of first copies and duplicates alike, then the commit.
     """
     sql = _raw_sql()
     assert sql is not None
-    reserve, copy_sql = sql
+    claim, copy_sql = sql
     keys = [_key_for(item) for item in items]
-    wanted = sorted({k for k in keys if k is not None})
-    existing: dict[str, int] = {}
-    ids: list[int] = []
+    claim_keys, positions = _claim_params(keys)
     now = timezone.now()
     with conn.transaction(), conn.cursor() as cursor:
-        cursor.execute(reserve, [len(items), wanted])
-        for key, pk in cursor.fetchall():
-            if key is None:
-                ids.append(pk)
-            else:
-                existing[key] = pk
-        outcomes: list[StoreOutcome] = []
+        cursor.execute(claim, [len(items), claim_keys, positions, claim_keys])
+        plan = _assign(items, keys, cursor.fetchall())
         with cursor.copy(copy_sql) as copy:
-            for index, (item, key) in enumerate(zip(items, keys, strict=True)):
-                pk = ids[index]
-                if key is not None and key in existing:
-                    first = existing[key]
-                    copy.write_row(_copy_row(pk, item, None, MessageStatus.DUPLICATE, first, now))
-                    outcomes.append(StoreOutcome(pk, MessageStatus.DUPLICATE, first))
-                    continue
-                if key is not None:
-                    existing[key] = pk
-                copy.write_row(_copy_row(pk, item, key, item.status, None, now))
-                outcomes.append(StoreOutcome(pk, item.status))
+            for pk, item, key, status, first in plan:
+                copy.write_row(_copy_row(pk, item, key, status, first, now))
+    outcomes = [StoreOutcome(pk, status, first) for pk, _item, _key, status, first in plan]
     if any(o.status == MessageStatus.RECEIVED for o in outcomes):
         kick_worker()
     return outcomes

@@ -253,22 +253,36 @@ class MessageQuerySet(models.QuerySet["Message"]):
 
 
 class Message(models.Model):
-    """One inbound payload exactly as received, kept before it is acknowledged; the store is the queue."""
+    """One inbound payload exactly as received, kept before it is acknowledged; the store is the queue.
 
-    connector = models.ForeignKey(Connector, on_delete=models.PROTECT, related_name="messages")
+    On PostgreSQL the table is range-partitioned by received_at (healthsync.partitions), so retention drops
+    whole partitions. The database's primary key is therefore (id, received_at) and nothing may be unique
+    without received_at: foreign keys to and from messages are kept by Django only (db_constraint=False),
+    and the duplicate check lives in MessageKey. `id` alone still identifies a message (one sequence).
+    """
+
+    # No database constraint: partition DDL (attach, detach, drop) would otherwise lock the connector table.
+    connector = models.ForeignKey(
+        Connector, on_delete=models.PROTECT, related_name="messages", db_constraint=False
+    )
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
     raw = models.BinaryField()
     sha256 = models.CharField(max_length=64)
     sender = models.CharField(max_length=200, blank=True, help_text="MSH-3^MSH-4, or the peer for non-HL7.")
     control_id = models.CharField(max_length=200, blank=True, help_text="MSH-10 or the source's own id.")
     message_type = models.CharField(max_length=40, blank=True, help_text="e.g. ADT^A03")
-    # Set only on the first copy of a (connector, sender, control id): the unique index is the dedupe.
-    dedupe_key = models.CharField(max_length=420, null=True, blank=True, unique=True)
+    # Set only on the first copy of a (connector, sender, control id); MessageKey holds the unique copy.
+    dedupe_key = models.CharField(max_length=420, null=True, blank=True)  # noqa: DJ001 (null: no key)
     duplicate_of = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
     )
     replay_of = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replays"
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="replays",
+        db_constraint=False,
     )
     status = models.CharField(max_length=12, choices=MessageStatus.choices, default=MessageStatus.RECEIVED)
     lane = models.CharField(max_length=10, choices=Lane.choices, default=Lane.CLINICAL)
@@ -309,6 +323,21 @@ class Message(models.Model):
         return bytes(self.raw).decode("utf-8", errors="replace")
 
 
+class MessageKey(models.Model):
+    """The first stored copy of one (connector, sender, control id): the duplicate check, across partitions.
+
+    A partitioned table cannot hold a unique index without the partition key, so the dedupe key is unique
+    here, in a narrow unpartitioned table written in the same transaction as the message. Deleting the
+    message releases its key (Django's cascade, or the partition pruner).
+    """
+
+    key = models.CharField(max_length=420, primary_key=True)
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="+", db_constraint=False)
+
+    def __str__(self) -> str:
+        return f"{self.key} → #{self.message_id}"
+
+
 class CanonicalEvent(models.Model):
     """A canonical business event (CloudEvents envelope) with its lineage: source message and mapping version."""
 
@@ -326,7 +355,7 @@ class CanonicalEvent(models.Model):
     correlation = models.JSONField(default=dict, blank=True)
     data = models.JSONField(default=dict)
     message = models.ForeignKey(
-        Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+        Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="events", db_constraint=False
     )
     mapping_version = models.ForeignKey(
         MappingVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="events"
@@ -393,7 +422,9 @@ class ExceptionItem(models.Model):
     facility = models.CharField(max_length=80, blank=True)
     payer = models.CharField(max_length=120, blank=True)
     amount = models.DecimalField(max_digits=14, decimal_places=2, default=0)
-    message = models.ForeignKey(Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
     event = models.ForeignKey(
         CanonicalEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

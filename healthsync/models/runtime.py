@@ -56,9 +56,13 @@ class ReplayItem(models.Model):
     """One message of a replay: the original (kept untouched) and the new message that re-ran it."""
 
     request = models.ForeignKey(ReplayRequest, on_delete=models.CASCADE, related_name="items")
-    original = models.ForeignKey(Message, null=True, on_delete=models.SET_NULL, related_name="+")
+    original = models.ForeignKey(
+        Message, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
     original_number = models.BigIntegerField(help_text="The original's id, kept after it is pruned.")
-    replay = models.ForeignKey(Message, null=True, on_delete=models.SET_NULL, related_name="+")
+    replay = models.ForeignKey(
+        Message, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
     edited = models.BooleanField(default=False)
     deliveries_resent = models.PositiveIntegerField(default=0)
 

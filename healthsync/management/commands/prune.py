@@ -1,4 +1,8 @@
-"""manage.py prune [--dry-run]: delete messages past their retention, in small batches, and say how many."""
+"""manage.py prune [--dry-run]: delete messages past their retention and say how many.
+
+On PostgreSQL whole time partitions are dropped first (and the next ones created); the rest goes in small
+batches of rows.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,10 @@ from healthsync.retention import DEFAULT_BATCH_SIZE, prune
 
 
 class Command(BaseCommand):
-    help = "Delete messages past their retention (per connector and status); --dry-run only counts them."
+    help = (
+        "Delete messages past their retention (per connector and status): whole time partitions on "
+        "PostgreSQL, then small batches of rows; --dry-run only counts them."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -31,3 +38,7 @@ class Command(BaseCommand):
                 f"{run.skipped_open_exceptions} kept for open exceptions."
             )
         )
+        dropped = run.counts.get("_partitions", {})
+        if dropped:
+            verb = "would be dropped" if run.dry_run else "dropped"
+            self.stdout.write(f"{len(dropped)} partition(s) {verb}: {sum(dropped.values())} message(s).")
