@@ -12,6 +12,8 @@ class ConnectorsConfig(AppConfig):
         from connectors.files.adapter import FilesAdapter
         from connectors.hl7v2.adapter import HL7v2Adapter
         from connectors.rest.adapter import RestAdapter
+        from connectors.streams import publish as stream_publish
+        from connectors.streams.adapter import StreamAdapter
         from connectors.x12.adapter import X12Adapter
         from healthsync.jobs import JobSpec, register_job
         from healthsync.registry import connector_registry, reference_config
@@ -21,8 +23,13 @@ class ConnectorsConfig(AppConfig):
         connector_registry.register(FhirAdapter())
         connector_registry.register(X12Adapter())
         connector_registry.register(FilesAdapter())
+        connector_registry.register(StreamAdapter())
+        stream_publish.connect()
         reference_config.add(mappings=fhir_mapping_definitions)
         register_job(
             JobSpec("fhir-poll", "connectors.fhir.tasks.poll_fhir_connectors", minutes=1, counter="polled")
         )
         register_job(JobSpec("files-poll", "connectors.files.poller.poll_all", minutes=1, counter="stored"))
+        register_job(
+            JobSpec("stream-consume", "connectors.streams.consumer.consume_all", minutes=1, counter="stored")
+        )
