@@ -16,9 +16,10 @@ is set from the delivery's idempotency key, so every attempt of one delivery has
 from __future__ import annotations
 
 import socket
+import ssl
 from typing import TYPE_CHECKING, Any
 
-from connectors.hl7v2.reader import _CHARSETS, HL7Message, parse
+from connectors.hl7v2.reader import _CHARSETS, HL7Message, HL7ParseError, parse
 from connectors.hl7v2.sender import (
     SenderConfig,
     client_tls_context,
@@ -63,30 +64,53 @@ class HL7v2Adapter:
         config = _sender_config(connector)
         control_id = control_id_for(delivery.idempotency_key)
         message = with_control_id(text, control_id)
-        charset = parse(message).header.charset.strip().upper()
+        try:
+            charset = parse(message).header.charset.strip().upper()
+        except HL7ParseError as exc:
+            raise ConnectorError(f"The HL7 v2 payload cannot be read: {exc.message}", permanent=True) from exc
         ack = sender_for(config).send(
             message, control_id=control_id, encoding=_CHARSETS.get(charset, "utf-8")
         )
         return SendResult(response=ack.as_response(), external_id=control_id)
 
     def test_connection(self, connector: Connector) -> tuple[bool, str]:
-        """Open a connection (and the TLS handshake when configured) without sending a message."""
-        config = _sender_config(connector)
-        where = f"{config.host}:{config.port}"
-        try:
-            sock = socket.create_connection((config.host, config.port), timeout=config.connect_timeout)
-        except OSError as exc:
-            return False, f"Cannot connect to {where}: {exc.strerror or exc}"
-        try:
-            context = client_tls_context(config)
-            if context is not None:
-                sock = context.wrap_socket(sock, server_hostname=config.tls_server_name or config.host)
-                return True, f"Connected to {where} over {sock.version()}"
-        except OSError as exc:
-            return False, f"TLS handshake with {where} failed: {exc}"
-        finally:
-            sock.close()
-        return True, f"Connected to {where} (MLLP, no TLS)"
+        """Inbound: is the listener's port open. Outbound: open a connection to the receiver (and the TLS
+        handshake when configured) without sending a message."""
+        config = connector.config or {}
+        if connector.direction == Direction.INBOUND:
+            port = config.get("port")
+            if not isinstance(port, int):
+                return False, "The connector names no port to listen on"
+            host = str(config.get("host") or "127.0.0.1")
+            return _probe(host, port, None, "", timeout=2.0, what="the MLLP listener")
+        sender = _sender_config(connector)
+        return _probe(
+            sender.host,
+            sender.port,
+            client_tls_context(sender),
+            sender.tls_server_name or sender.host,
+            timeout=sender.connect_timeout,
+            what="the receiver",
+        )
+
+
+def _probe(
+    host: str, port: int, context: ssl.SSLContext | None, server_name: str, *, timeout: float, what: str
+) -> tuple[bool, str]:
+    where = f"{host}:{port}"
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        return False, f"{what.capitalize()} at {where} does not accept connections ({exc.strerror or exc})"
+    try:
+        if context is None:
+            return True, f"{what.capitalize()} at {where} accepts connections (MLLP, no TLS)"
+        sock = context.wrap_socket(sock, server_hostname=server_name)
+        return True, f"{what.capitalize()} at {where} accepts connections over {sock.version()}"
+    except OSError as exc:
+        return False, f"TLS handshake with {what} at {where} failed: {exc}"
+    finally:
+        sock.close()
 
 
 def _sender_config(connector: Connector) -> SenderConfig:

@@ -233,29 +233,22 @@ class MLLPSender:
         with self._lock:
             self._pending_frames = []
             reused = self._usable()
-            if not reused:
-                self._close()
-                self._pending_frames = []
-                self._sock = self._connect()
-            try:
-                return self._exchange(payload, control_id)
-            except _ClosedBeforeReply:
-                self._close()
+            while True:
                 if not reused:
-                    raise ConnectorError(
-                        f"{self._peer()} closed the connection before acknowledging {control_id}"
-                    ) from None
-            # The kept connection had been closed by the peer between sends (its FIN was still in flight):
-            # the message never reached an application, so once more on a fresh connection.
-            self._pending_frames = []
-            self._sock = self._connect()
-            try:
-                return self._exchange(payload, control_id)
-            except _ClosedBeforeReply:
-                self._close()
-                raise ConnectorError(
-                    f"{self._peer()} closed the connection before acknowledging {control_id}"
-                ) from None
+                    self._close()
+                    self._sock = self._connect()
+                try:
+                    return self._exchange(payload, control_id)
+                except _ClosedBeforeReply:
+                    self._close()
+                    if not reused:
+                        raise ConnectorError(
+                            f"{self._peer()} closed the connection before acknowledging {control_id}"
+                        ) from None
+                # A kept connection the peer had closed between sends (its FIN still in flight) loses the
+                # message unread: once more on a fresh connection. The same MSH-10 goes out, should it have
+                # been read after all.
+                reused = False
 
     def _peer(self) -> str:
         return f"{self.config.host}:{self.config.port}"

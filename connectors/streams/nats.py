@@ -142,7 +142,12 @@ class NatsEventStream:
         async def go() -> PublishAck:
             await self._ensure()
             js = (await self._client()).jetstream(timeout=self.timeout)
-            ack = await js.publish(subject, data, stream=self.stream, headers={"Nats-Msg-Id": message_id})
+            try:
+                ack = await js.publish(subject, data, stream=self.stream, headers={"Nats-Msg-Id": message_id})
+            except Exception:
+                # The stream may have been deleted meanwhile: look (and create) again on the next attempt.
+                self._ensured = False
+                raise
             return PublishAck(stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
 
         return self._run(go())
@@ -173,8 +178,10 @@ class NatsEventStream:
                 await sub.unsubscribe()
 
         async def settle(msgs: list[Any], ok: bool) -> None:
+            # Plain acks and one flush: an ack lost on the way means a redelivery, which the store dedupes.
             for msg in msgs:
-                await (msg.ack_sync(timeout=self.timeout) if ok else msg.nak())
+                await (msg.ack() if ok else msg.nak())
+            await (await self._client()).flush(timeout=self.timeout)
 
         msgs = self._run(fetch(), extra=timeout)
         if not msgs:

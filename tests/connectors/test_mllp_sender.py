@@ -3,8 +3,6 @@ answers late, for another message, with AE/AR, or with garbage."""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import socket
 import ssl
 import threading
@@ -13,10 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hl7apy.core import Message as HL7apyMessage
 from hl7apy.mllp import AbstractHandler, MLLPServer
 from hl7apy.parser import parse_message
@@ -30,6 +24,7 @@ from healthsync.choices import DeliveryStatus, Direction, ExceptionKind, Protoco
 from healthsync.deliveries import deliver
 from healthsync.errors import ConnectorError
 from healthsync.models import Connector, Delivery, ExceptionItem, System
+from tests.connectors.tls import self_signed
 
 Script = Callable[[int, str], list[bytes]]
 
@@ -235,36 +230,9 @@ def test_hl7apy_server_rejection_is_permanent(hl7apy_server: MLLPServer) -> None
 # TLS --------------------------------------------------------------------------------------------------------
 
 
-def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture
 def tls_peer(tmp_path: Path) -> Iterator[tuple[ScriptedPeer, Path]]:
-    cert, key = _certificate(tmp_path, "peer")
+    cert, key = self_signed(tmp_path, "peer")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     with ScriptedPeer(lambda n, cid: [ack("AA", cid)], tls=context) as peer:
@@ -282,7 +250,7 @@ def test_a_peer_certificate_the_ca_does_not_vouch_for_is_a_permanent_error(
     tls_peer: tuple[ScriptedPeer, Path], tmp_path: Path
 ) -> None:
     peer, _ = tls_peer
-    stranger, _ = _certificate(tmp_path, "stranger")
+    stranger, _ = self_signed(tmp_path, "stranger")
     with pytest.raises(ConnectorError) as error:
         sender(peer.port, tls=True, tls_ca_file=str(stranger)).send(message("T2"), control_id="T2")
     assert error.value.permanent
@@ -365,4 +333,25 @@ def test_adapter_validates_outbound_config_and_tests_the_connection() -> None:
         closed_port = probe.getsockname()[1]
     connector.config["port"] = closed_port
     ok, detail = adapter.test_connection(connector)
-    assert not ok and "Cannot connect" in detail
+    assert not ok and "does not accept connections" in detail
+
+
+def test_an_inbound_connector_test_checks_the_listeners_port() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        connector = Connector(
+            code="in", direction=Direction.INBOUND, config={"port": listening.getsockname()[1]}
+        )
+        ok, detail = HL7v2Adapter().test_connection(connector)
+    assert ok, detail
+
+
+@pytest.mark.django_db
+def test_a_payload_that_is_not_hl7_fails_for_good_without_a_connection() -> None:
+    with ScriptedPeer(lambda n, cid: [ack("AA", cid)]) as peer:
+        delivery = _delivery(_hl7_connector(peer.port))
+        delivery.payload = {"hl7": "PID|1||MRN1\r"}
+        delivery.save()
+        assert deliver(delivery.pk) == DeliveryStatus.FAILED
+    delivery.refresh_from_db()
+    assert "MSH" in delivery.last_error
+    assert peer.connections == 0
