@@ -104,8 +104,11 @@ class NatsEventStream:
         client = await nats.connect(
             servers=self.servers,
             connect_timeout=self.timeout,
+            # Fail fast: a delivery that cannot reach the broker is retried with backoff by the delivery runtime,
+            # and a client found disconnected is replaced on the next call.
             allow_reconnect=True,
-            max_reconnect_attempts=3,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.5,
         )
         _clients[key] = client
         return client
