@@ -7,9 +7,11 @@ import json
 import socket
 import uuid
 from collections.abc import Iterator
+from io import StringIO
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 
 from connectors.streams import consumer
 from connectors.streams.adapter import StreamAdapter, stream_for
@@ -224,3 +226,11 @@ def test_test_connection_reports_the_stream(names: dict[str, str]) -> None:
     assert ok and names["stream"] in detail
     with pytest.raises(ConnectorError):
         StreamAdapter().send(connector, Delivery(operation="publish_events", idempotency_key="k", payload={}))
+
+
+@pytest.mark.django_db(transaction=True)  # the command closes stale connections, as a long-running loop must
+def test_the_consume_command_reads_every_inbound_stream_connector_once(inbound: Connector) -> None:
+    out = StringIO()
+    call_command("stream_consume", "--once", "--wait", "0.5", stdout=out)
+    assert out.getvalue().strip() == "stored 3 stream message(s)"
+    assert Message.objects.filter(connector=inbound).count() == 3
