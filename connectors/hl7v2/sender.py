@@ -176,6 +176,7 @@ class MLLPSender:
                 self._sock.close()
         self._sock = None
         self._decoder = MLLPDecoder()
+        self._pending_frames = []
 
     def _connect(self) -> socket.socket:
         cfg = self.config
