@@ -93,6 +93,8 @@ class Checked:
     resource_id: str
     message_type: str
     entries: list[dict[str, Any]] = field(default_factory=list)  # a Bundle's resources, in order
+    # A batch Bundle's bad entries by index; the good ones are accepted all the same (a transaction has none).
+    entry_issues: dict[int, list[Issue]] = field(default_factory=dict)
 
 
 def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
@@ -243,14 +245,19 @@ def check_resource(data: dict[str, Any], *, expected_type: str = "") -> Checked:
     return Checked(data, resource_type, resource_id, message_type_for(data), [data])
 
 
+BUNDLE_TYPES = ("transaction", "batch")
+
+
 def _check_bundle(data: dict[str, Any], resource_id: str) -> Checked:
-    if data.get("type") != "transaction":
+    """A transaction is accepted whole or not at all; a batch's entries each stand or fall on their own."""
+    bundle_type = data.get("type")
+    if bundle_type not in BUNDLE_TYPES:
         raise FhirInputError(
             422,
             [
                 Issue(
                     "value",
-                    "Only transaction Bundles are accepted (Bundle.type = transaction).",
+                    "Only transaction and batch Bundles are accepted (Bundle.type = transaction or batch).",
                     "Bundle.type",
                 )
             ],
@@ -261,17 +268,19 @@ def _check_bundle(data: dict[str, Any], resource_id: str) -> Checked:
     if not isinstance(entries, list) or not entries:
         raise FhirInputError(
             422,
-            [Issue("required", "A transaction Bundle needs at least one entry.", "Bundle.entry")],
+            [Issue("required", f"A {bundle_type} Bundle needs at least one entry.", "Bundle.entry")],
             "Bundle",
             resource_id,
         )
-    issues: list[Issue] = []
+    by_entry: dict[int, list[Issue]] = {}
     resources: list[dict[str, Any]] = []
     for index, entry in enumerate(entries):
         where = f"Bundle.entry[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
-            issues.append(Issue("required", "Each entry needs a resource.", f"{where}.resource"))
+            by_entry[index] = [Issue("required", "Each entry needs a resource.", f"{where}.resource")]
+            resources.append({})
             continue
+        issues: list[Issue] = []
         request = entry.get("request")
         if (
             not isinstance(request, dict)
@@ -281,16 +290,26 @@ def _check_bundle(data: dict[str, Any], resource_id: str) -> Checked:
             issues.append(
                 Issue(
                     "required",
-                    f"Each transaction entry needs request.method ({', '.join(BUNDLE_METHODS)}) and request.url.",
+                    f"Each {bundle_type} entry needs request.method ({', '.join(BUNDLE_METHODS)}) and request.url.",
                     f"{where}.request",
                 )
             )
         issues += _check_one(entry["resource"], f"{where}.resource")
+        if issues:
+            by_entry[index] = issues
         resources.append(entry["resource"])
-    if not issues:
-        # Structure of the Bundle itself (entry.fullUrl, request fields) by the model, resources already done.
-        shell = {**data, "entry": [{k: v for k, v in e.items() if k != "resource"} for e in entries]}
-        issues = _model_issues("Bundle", shell, "Bundle")
-    if issues:
-        raise FhirInputError(422, issues, "Bundle", resource_id)
-    return Checked(data, "Bundle", resource_id, message_type_for(data), resources)
+    if bundle_type == "transaction" and by_entry:
+        raise FhirInputError(422, [i for issues in by_entry.values() for i in issues], "Bundle", resource_id)
+    # Structure of the Bundle itself (entry.fullUrl, request fields) by the model, resources already done.
+    shell = {
+        **data,
+        "entry": [
+            {k: v for k, v in e.items() if k != "resource"}
+            for i, e in enumerate(entries)
+            if i not in by_entry and isinstance(e, dict)
+        ],
+    }
+    shell_issues = _model_issues("Bundle", shell, "Bundle") if shell["entry"] else []
+    if shell_issues:
+        raise FhirInputError(422, shell_issues, "Bundle", resource_id)
+    return Checked(data, "Bundle", resource_id, message_type_for(data), resources, by_entry)

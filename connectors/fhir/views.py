@@ -1,4 +1,5 @@
-"""The inbound FHIR endpoint: ``POST /fhir/<connector>/<Type>`` and ``POST /fhir/<connector>/`` (transaction).
+"""The inbound FHIR endpoint: ``POST /fhir/<connector>/<Type>`` and ``POST /fhir/<connector>/`` (transaction or
+batch Bundle, split into one message per entry: see bundles.py).
 
 The body is stored in the message store and committed before the answer, like an MLLP ACK: 201 (or 200 for a
 transaction, or for a copy already received) means the message is safe. Bad input is answered 400/422 with an
@@ -22,6 +23,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from connectors.fhir.bundles import entry_message
 from connectors.fhir.resources import (
     Checked,
     FhirInputError,
@@ -135,8 +137,12 @@ def receive(request: HttpRequest, code: str, resource_type: str = "") -> HttpRes
                 checked.resource_type,
                 checked.resource_id,
             )
+        if checked.resource_type == "Bundle":
+            checked = _entries_accepted(connector, checked)
     except FhirInputError as exc:
         return _reject(connector, raw, sender, exc)
+    if checked.resource_type == "Bundle":
+        return _receive_bundle(connector, checked, sender)
     item = InboundItem(
         connector_id=connector.pk,
         raw=raw,
@@ -151,6 +157,91 @@ def receive(request: HttpRequest, code: str, resource_type: str = "") -> HttpRes
         logger.exception("fhir inbound: could not store a message for connector %s", connector.pk)
         return _outcome(503, "transient", "The message could not be stored; send it again.")
     return _accepted(request, connector, checked, outcome)
+
+
+def _entries_accepted(connector: Connector, checked: Checked) -> Checked:
+    """A Bundle's entries of types the connector does not take are bad entries (the whole of a transaction)."""
+    allowed = [t for t in (connector.config or {}).get("accepted_types") or [] if t != "Bundle"]
+    if not allowed:
+        return checked
+    for index, resource in enumerate(checked.entries):
+        if index not in checked.entry_issues and resource.get("resourceType") not in allowed:
+            issue = Issue(
+                "not-supported",
+                f"Connector {connector.code} does not accept {resource.get('resourceType')}.",
+                f"Bundle.entry[{index}].resource.resourceType",
+            )
+            checked.entry_issues[index] = [issue]
+    if checked.entry_issues and checked.data.get("type") == "transaction":
+        issues = [i for found in checked.entry_issues.values() for i in found]
+        raise FhirInputError(400, issues, "Bundle", checked.resource_id)
+    return checked
+
+
+def _receive_bundle(connector: Connector, checked: Checked, sender: str) -> HttpResponse:
+    """One message per entry, all stored in one transaction, answered entry by entry.
+
+    A transaction reaching here has no bad entry; a batch's bad entries are kept as rejected messages (the
+    entry's JSON) and answered with their own OperationOutcome, while the others are stored as usual.
+    """
+    bad = set(checked.entry_issues)
+    entries = checked.data.get("entry") or []
+    items: list[InboundItem] = []
+    for index, entry in enumerate(entries):
+        resource = checked.entries[index]
+        if index in bad:
+            issues = checked.entry_issues[index]
+            items.append(
+                InboundItem(
+                    connector_id=connector.pk,
+                    raw=json.dumps(entry).encode(),
+                    sender=sender,
+                    control_id=str(resource.get("id") or ""),
+                    message_type=message_type_for(resource),
+                    lane=connector.lane,
+                    status=MessageStatus.REJECTED,
+                    error=str(FhirInputError(422, issues))[:4000],
+                )
+            )
+            continue
+        items.append(
+            InboundItem(
+                connector_id=connector.pk,
+                raw=entry_message(checked.data, index, skip=bad),
+                sender=sender,
+                control_id=control_id_for(resource),
+                message_type=message_type_for(resource),
+                lane=connector.lane,
+            )
+        )
+    try:
+        outcomes = store_messages(items)
+    except DatabaseError:
+        logger.exception("fhir inbound: could not store a Bundle for connector %s", connector.pk)
+        return _outcome(503, "transient", "The Bundle could not be stored; send it again.")
+    answers = []
+    for index, outcome in enumerate(outcomes):
+        resource = checked.entries[index]
+        if index in bad:
+            issues = checked.entry_issues[index]
+            status = "400 Bad Request" if issues[0].code == "not-supported" else "422 Unprocessable Entity"
+            answers.append({"response": {"status": status, "outcome": operation_outcome(issues)}})
+            continue
+        note = (
+            f"Already received as message {outcome.duplicate_of}; kept as {outcome.message_id}, not processed again."
+            if outcome.is_duplicate
+            else f"Stored as message {outcome.message_id}."
+        )
+        response: dict[str, Any] = {
+            "status": "200 OK" if outcome.is_duplicate else "201 Created",
+            "outcome": operation_outcome([Issue("informational", note, severity="information")]),
+        }
+        if resource.get("id"):
+            response["location"] = f"{resource['resourceType']}/{resource['id']}"
+        answers.append({"response": response})
+    body = {"resourceType": "Bundle", "type": f"{checked.data.get('type')}-response", "entry": answers}
+    headers = {"X-HealthSync-Messages": ",".join(str(o.message_id) for o in outcomes)}
+    return _reply(200, body, headers)
 
 
 def _reject(connector: Connector, raw: bytes, sender: str, error: FhirInputError) -> HttpResponse:
@@ -187,16 +278,6 @@ def _accepted(
         else f"Stored as message {outcome.message_id}."
     )
     headers = {"X-HealthSync-Message": str(outcome.message_id)}
-    if checked.resource_type == "Bundle":
-        entries = []
-        for entry in checked.data.get("entry") or []:
-            resource = entry.get("resource") or {}
-            location = f"{resource.get('resourceType', '')}/{resource.get('id', '')}".rstrip("/")
-            entries.append(
-                {"response": {"status": "200 OK" if duplicate else "201 Created", "location": location}}
-            )
-        body = {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
-        return _reply(200, body, headers)
     outcome_body = operation_outcome([Issue("informational", note, severity="information")])
     if checked.resource_id:
         headers["Location"] = request.build_absolute_uri(

@@ -58,17 +58,16 @@ def test_it_stores_an_encounter_before_answering_201(connector: Connector) -> No
     assert response["Location"].endswith("/fhir/ehr-fhir-in/Encounter/enc-1001")
 
 
-def test_a_transaction_bundle_is_one_message_answered_with_a_transaction_response(
-    connector: Connector,
-) -> None:
+def test_a_transaction_bundle_is_split_into_one_message_per_entry(connector: Connector) -> None:
     response = post("/fhir/ehr-fhir-in/", raw(transaction(PATIENT, encounter())))
     assert response.status_code == 200
     body = response.json()
     assert body["type"] == "transaction-response"
     assert [e["response"]["status"] for e in body["entry"]] == ["201 Created", "201 Created"]
-    message = Message.objects.get()
-    assert message.message_type == "Bundle/transaction"
-    assert message.control_id.startswith("tx-1#")
+    assert list(Message.objects.order_by("id").values_list("message_type", flat=True)) == [
+        "Patient",
+        "Encounter/finished",
+    ]
 
 
 def test_a_versioned_resource_uses_its_version_in_the_control_id(connector: Connector) -> None:

@@ -120,7 +120,8 @@ def test_a_problem_inside_a_bundle_is_located_by_entry() -> None:
 @pytest.mark.parametrize(
     ("bundle", "expression"),
     [
-        ({"resourceType": "Bundle", "type": "batch", "entry": []}, "Bundle.type"),
+        ({"resourceType": "Bundle", "type": "collection", "entry": []}, "Bundle.type"),
+        ({"resourceType": "Bundle", "type": "batch", "entry": []}, "Bundle.entry"),
         ({"resourceType": "Bundle", "type": "transaction"}, "Bundle.entry"),
         (
             {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": PATIENT}]},
