@@ -13,8 +13,9 @@ class DashboardsConfig(AppConfig):
         from healthsync.jobs import JobSpec, register_job
         from workflows.models import WorkflowRun, WorkflowStep
 
+        # A workflow saves its run whenever it records a step (the run's current step changes), so a run save
+        # marks the run dirty once; marking on every step insert as well doubled the hot path's writes.
         post_save.connect(rollups.on_run_saved, sender=WorkflowRun, dispatch_uid="dashboards.run_saved")
-        post_save.connect(rollups.on_step_changed, sender=WorkflowStep, dispatch_uid="dashboards.step_saved")
         post_delete.connect(
             rollups.on_step_changed, sender=WorkflowStep, dispatch_uid="dashboards.step_deleted"
         )

@@ -3,8 +3,8 @@
 The hot path (events, deliveries, workflow runs) asks "create this unless it exists" for every message. Django's
 way (a savepoint, an INSERT, an IntegrityError, a rollback to the savepoint, a SELECT) costs three to five round
 trips; on PostgreSQL `INSERT … ON CONFLICT DO NOTHING RETURNING` answers in one, and a conflicting row simply is
-not inserted, so the surrounding transaction stays usable. Model signals are not sent: the models this serves
-(CanonicalEvent, Delivery, WorkflowRun) have no receivers and are not in the audit log.
+not inserted, so the surrounding transaction stays usable. post_save is sent for an inserted row as `save()`
+would (apps listen: the event-stream publisher, the KPI rollups); pre_save is not.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Model
 from django.db.models.constants import OnConflict
+from django.db.models.signals import post_save
 from django.db.models.sql import InsertQuery
 
 # INSERT … ON CONFLICT DO NOTHING RETURNING pk per (model, inserted columns).
@@ -57,4 +58,12 @@ def insert_if_new(obj: Model) -> bool:
     obj.pk = meta.pk.to_python(row[0])
     obj._state.adding = False
     obj._state.db = connection.alias
+    post_save.send(
+        sender=obj.__class__,
+        instance=obj,
+        created=True,
+        update_fields=None,
+        raw=False,
+        using=connection.alias,
+    )
     return True

@@ -234,3 +234,23 @@ def test_the_consume_command_reads_every_inbound_stream_connector_once(inbound: 
     call_command("stream_consume", "--once", "--wait", "0.5", stdout=out)
     assert out.getvalue().strip() == "stored 3 stream message(s)"
     assert Message.objects.filter(connector=inbound).count() == 3
+
+
+def test_events_the_pipeline_makes_are_published_to_the_stream(names: dict[str, str]) -> None:
+    from connectors.simulators import hl7_builder
+    from healthsync.seed import seed_reference_config
+    from tests.pipeline_support import feed
+
+    seed_reference_config()
+    _connector(Direction.OUTBOUND, names, operations={"publish_events": {"event_types": ["encounter.*"]}})
+
+    (message,) = feed(hl7_builder.adt_a01(encounter_id="V-STREAM"))
+
+    assert message.status == MessageStatus.PROCESSED
+    (delivery,) = _publish_all()
+    assert delivery.payload["type"] == "encounter.admitted"
+    stream = stream_for(Connector.objects.get(code="bus-outbound"))
+    (published,) = stream.replay(
+        subjects=[f"{names['subject_prefix']}.>"], start_sequence=1, limit=5, timeout=1.0
+    )
+    assert json.loads(published.data)["subject"] == "V-STREAM"

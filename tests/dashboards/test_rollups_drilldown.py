@@ -20,6 +20,7 @@ from healthsync.jobs import JOBS, job_run
 from healthsync.models import SyncJobRun
 from tests import console_data
 from workflows.models import WorkflowRun, WorkflowStep
+from workflows.runs import record_step
 
 NOW = datetime(2025, 3, 31, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -92,7 +93,9 @@ def test_facts_follow_new_steps_and_agree_with_a_rebuild(ledger: None) -> None:
     selectors.catch_up()
     assert not DirtyRun.objects.exists()
     run = WorkflowRun.objects.get(business_key="K4")
-    WorkflowStep.objects.create(run=run, step="claim_submitted", occurred_at=NOW - DAY)
+    # As the workflows do: record the step, then save the run whose current step it became.
+    record_step(run, "claim_submitted", NOW - DAY)
+    run.save()
     assert DirtyRun.objects.filter(run_id=run.pk).exists()
     assert RunFact.objects.get(run=run).done_at is None  # until a refresh
     assert rollups.refresh() == 1

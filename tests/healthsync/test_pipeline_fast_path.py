@@ -38,6 +38,28 @@ def test_insert_if_new_inserts_once_and_leaves_the_transaction_usable() -> None:
         assert CanonicalEvent.objects.get(idempotency_key="k-1").subject == "V1"
 
 
+def test_insert_if_new_tells_post_save_receivers_about_inserted_rows_only() -> None:
+    from django.db.models.signals import post_save
+
+    seen: list[tuple[str, bool]] = []
+
+    def receiver(sender: type, instance: CanonicalEvent, created: bool, **_: object) -> None:
+        seen.append((instance.subject, created))
+
+    post_save.connect(receiver, sender=CanonicalEvent, dispatch_uid="test-insert-if-new")
+    try:
+        insert_if_new(
+            CanonicalEvent(type="encounter.admitted", source="ehr", idempotency_key="k-2", subject="V1")
+        )
+        insert_if_new(
+            CanonicalEvent(type="encounter.admitted", source="ehr", idempotency_key="k-2", subject="V2")
+        )
+    finally:
+        post_save.disconnect(dispatch_uid="test-insert-if-new", sender=CanonicalEvent)
+    # Apps listen for new rows (the event-stream publisher, the KPI rollups): the hot path must not hide them.
+    assert seen == [("V1", True)]
+
+
 def test_run_for_creates_a_run_once_and_then_finds_it() -> None:
     with transaction.atomic():
         run = run_for("procure_to_pay", "PO-1")
@@ -118,4 +140,6 @@ def test_processing_a_mixed_backlog_stays_within_its_query_budget() -> None:
     assert CanonicalEvent.objects.count() == 60
     assert Delivery.objects.count() > 0
     per_message = len(queries) / 60
-    assert per_message <= 7.5, f"{per_message:.2f} queries per message"
+    # 6.2 when this budget was set; since then each message also marks its run for the KPI rollups, reads par
+    # levels for supply charges and a payer's reimbursement rate for the forecast (about 2.5 more).
+    assert per_message <= 9.0, f"{per_message:.2f} queries per message"

@@ -90,7 +90,7 @@ def unpartition_messages(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('healthsync', '0004_protocols_soap_database_stream'),
+        ('healthsync', '0006_governed_sla_code_tables'),
     ]
 
     operations = [
