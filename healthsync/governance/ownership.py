@@ -103,6 +103,7 @@ DEFAULT_WRITES: dict[str, tuple[str, ...]] = {
     "submit_claim": ("claim",),
     "create_claim": ("claim",),
     "post_accrual": ("journal",),
+    "post_forecast": ("journal",),  # the expected-reimbursement forecast is a ledger posting
     "post_journal": ("journal",),
     "post_ap_invoice": ("ap_invoice",),
     "post_purchase_order": ("purchase_order",),
