@@ -169,6 +169,21 @@ def on_discharged(event: CanonicalEvent) -> None:
     advance(run, event=event)
 
 
+def _ask(
+    run: WorkflowRun, operation: str, payload: dict[str, Any], key: str, *, event: CanonicalEvent | None
+) -> Delivery:
+    """Ask, once per idempotency key, for one effect of this account at the destination offering `operation`."""
+    return delivery_request(
+        connector=connector_for_operation(operation),
+        operation=operation,
+        payload=payload,
+        idempotency_key=key,
+        workflow=WORKFLOW,
+        business_key=run.business_key,
+        event=event,
+    )
+
+
 def advance(run: WorkflowRun, *, event: CanonicalEvent | None = None, now: datetime | None = None) -> None:
     """Check the account and, once it is complete, ask the RCM for the claim (once)."""
     if run.status in (RunStatus.COMPLETED, RunStatus.CANCELLED) or run.context.get("claim_delivery_id"):
@@ -199,29 +214,15 @@ def advance(run: WorkflowRun, *, event: CanonicalEvent | None = None, now: datet
     source = run.context.get("source_system") or (event.source if event else "unknown")
     # Version 1 for the first claim; a claim after a void (A13 then A03 again) takes the next version.
     version = int(run.context.get("claim_version") or 0) + 1
-    delivery = delivery_request(
-        connector=connector_for_operation(CLAIM_OPERATION),
-        operation=CLAIM_OPERATION,
-        payload=claim_payload(run),
-        idempotency_key=f"{source}:claim:{encounter_id}:{version}",
-        workflow=WORKFLOW,
-        business_key=encounter_id,
-        event=event,
+    delivery = _ask(
+        run, CLAIM_OPERATION, claim_payload(run), f"{source}:claim:{encounter_id}:{version}", event=event
     )
     run.context["claim_delivery_id"] = delivery.pk
     run.context["claim_version"] = version
     if run.amount > 0:
         # The revenue is accrued when the claim is ready, not when the payer answers.
         key = f"{source}:accrual:{encounter_id}:{version}"
-        delivery_request(
-            connector=connector_for_operation(ACCRUAL_OPERATION),
-            operation=ACCRUAL_OPERATION,
-            payload=accrual_payload(run, key),
-            idempotency_key=key,
-            workflow=WORKFLOW,
-            business_key=encounter_id,
-            event=event,
-        )
+        _ask(run, ACCRUAL_OPERATION, accrual_payload(run, key), key, event=event)
         run.context["accrual_key"] = key
         run.context["accrued"] = str(run.amount)
         _request_forecast(run, f"{source}:forecast:{encounter_id}:{version}", event=event)
@@ -576,29 +577,13 @@ def _void_claim(run: WorkflowRun, *, event: CanonicalEvent | None) -> None:
     payload = claim_payload(run)
     payload["claim_frequency"] = "8"
     payload["original_claim_id"] = claim_id
-    delivery_request(
-        connector=connector_for_operation(CLAIM_OPERATION),
-        operation=CLAIM_OPERATION,
-        payload=payload,
-        idempotency_key=void_key,
-        workflow=WORKFLOW,
-        business_key=run.business_key,
-        event=event,
-    )
+    _ask(run, CLAIM_OPERATION, payload, void_key, event=event)
     accrued = _accrued_total(run)
     reversal_key = ""
     if accrued > 0:
         reversal_key = f"{source}:accrual-reversal:{run.business_key}:{version}"
         reversal = accrual_payload(run, reversal_key, amount=accrued, reverse=True)
-        delivery_request(
-            connector=connector_for_operation(ACCRUAL_OPERATION),
-            operation=ACCRUAL_OPERATION,
-            payload=reversal,
-            idempotency_key=reversal_key,
-            workflow=WORKFLOW,
-            business_key=run.business_key,
-            event=event,
-        )
+        _ask(run, ACCRUAL_OPERATION, reversal, reversal_key, event=event)
     forecast = run.context.get("forecast") or {}
     if forecast.get("key"):
         _post_forecast_change(run, "reversal", -_decimal(forecast.get("expected")), version, event=event)
@@ -666,15 +651,7 @@ def _request_forecast(run: WorkflowRun, key: str, *, event: CanonicalEvent | Non
     expected = (run.amount * percent / 100).quantize(Decimal("0.01"))
     payload = _forecast_payload(run, key, "forecast", expected)
     payload.update({"billed": str(run.amount), "percent": str(percent), "basis": basis})
-    delivery_request(
-        connector=connector_for_operation(FORECAST_OPERATION),
-        operation=FORECAST_OPERATION,
-        payload=payload,
-        idempotency_key=key,
-        workflow=WORKFLOW,
-        business_key=run.business_key,
-        event=event,
-    )
+    _ask(run, FORECAST_OPERATION, payload, key, event=event)
     run.context["forecast"] = {"key": key, "expected": str(expected), "percent": str(percent), "basis": basis}
 
 
@@ -687,15 +664,7 @@ def _post_forecast_change(
     key = f"{source}:{'trueup' if kind == 'true_up' else 'forecast-reversal'}:{run.business_key}:{version}"
     payload = _forecast_payload(run, key, kind, amount)
     payload["forecast_reference"] = forecast.get("key", "")
-    delivery_request(
-        connector=connector_for_operation(FORECAST_OPERATION),
-        operation=FORECAST_OPERATION,
-        payload=payload,
-        idempotency_key=key,
-        workflow=WORKFLOW,
-        business_key=run.business_key,
-        event=event,
-    )
+    _ask(run, FORECAST_OPERATION, payload, key, event=event)
 
 
 def _forecast_payload(run: WorkflowRun, key: str, kind: str, amount: Decimal) -> dict[str, Any]:
@@ -762,15 +731,7 @@ def _send_correction_if_due(run: WorkflowRun, *, event: CanonicalEvent | None) -
     payload = claim_payload(run)
     payload["claim_frequency"] = "7"
     payload["original_claim_id"] = run.context.get("claim_id", "")
-    delivery_request(
-        connector=connector_for_operation(CLAIM_OPERATION),
-        operation=CLAIM_OPERATION,
-        payload=payload,
-        idempotency_key=f"{source}:claim:{run.business_key}:{version}",
-        workflow=WORKFLOW,
-        business_key=run.business_key,
-        event=event,
-    )
+    _ask(run, CLAIM_OPERATION, payload, f"{source}:claim:{run.business_key}:{version}", event=event)
     delta = total_charges(run.context) - _accrued_total(run)
     if delta > 0:
         key = f"{source}:accrual:{run.business_key}:{version}"
@@ -778,15 +739,7 @@ def _send_correction_if_due(run: WorkflowRun, *, event: CanonicalEvent | None) -
         adjustment["description"] = (
             f"Late charge accrual, encounter {run.business_key}, claim version {version}"
         )
-        delivery_request(
-            connector=connector_for_operation(ACCRUAL_OPERATION),
-            operation=ACCRUAL_OPERATION,
-            payload=adjustment,
-            idempotency_key=key,
-            workflow=WORKFLOW,
-            business_key=run.business_key,
-            event=event,
-        )
+        _ask(run, ACCRUAL_OPERATION, adjustment, key, event=event)
         run.context.setdefault("accrual_versions", []).append(str(delta))
     run.context["claim_version"] = version
     run.context["correction_pending"] = False
@@ -886,15 +839,7 @@ def on_claim_paid(event: CanonicalEvent) -> None:
     run.save()
     if payload is None:
         return
-    delivery_request(
-        connector=connector_for_operation(JOURNAL_OPERATION),
-        operation=JOURNAL_OPERATION,
-        payload=payload,
-        idempotency_key=key,
-        workflow=WORKFLOW,
-        business_key=run.business_key,
-        event=event,
-    )
+    _ask(run, JOURNAL_OPERATION, payload, key, event=event)
 
 
 def on_remittance_received(event: CanonicalEvent) -> None:
