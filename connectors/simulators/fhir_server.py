@@ -15,11 +15,11 @@ import secrets
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from connectors.simulators.background import BackgroundServer
+from connectors.simulators.background import HttpServerThread
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def _outcome(code: str, diagnostics: str, severity: str = "error") -> dict[str, 
     }
 
 
-class FhirServerSimulator(BackgroundServer):
+class FhirServerSimulator(HttpServerThread):
     """Serves FHIR on host:port (0 picks a free port at start()); resources live in memory."""
 
     name = "fhir-server"
@@ -48,10 +48,7 @@ class FhirServerSimulator(BackgroundServer):
         token_lifetime: int = 3600,
         page_size: int = 50,
     ) -> None:
-        self.host = host
-        self._requested_port = port
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(host, port)
         self.lock = threading.Lock()
         self.resources: dict[str, dict[str, dict[str, Any]]] = {}
         self.requests: Counter[str] = Counter()
@@ -64,36 +61,6 @@ class FhirServerSimulator(BackgroundServer):
         self.page_size = page_size
         self._next_id = 0
         self._clock = datetime(2026, 1, 1, tzinfo=UTC)
-
-    # Life cycle -----------------------------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        return self._server.server_address[1] if self._server is not None else self._requested_port
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> FhirServerSimulator:
-        if self._server is None:
-            self._server = ThreadingHTTPServer((self.host, self._requested_port), self._handler_class())
-            self._server.daemon_threads = True
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.name, daemon=True
-            )
-            self._thread.start()
-            logger.info("%s listening on %s", self.name, self.url)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-            self._server = None
-            self._thread = None
 
     # State the tests drive --------------------------------------------------------------------------------
 

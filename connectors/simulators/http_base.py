@@ -7,64 +7,28 @@ import logging
 import threading
 from collections import Counter
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from connectors.simulators.background import BackgroundServer
+from connectors.simulators.background import HttpServerThread
 
 logger = logging.getLogger(__name__)
 
 Reply = tuple[int, dict[str, Any] | list[Any]]
 
 
-class JsonSimulator(BackgroundServer):
+class JsonSimulator(HttpServerThread):
     """Serves `handle(method, path, headers, body)` on host:port; port 0 picks a free port at start()."""
 
     name = "simulator"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host = host
-        self._requested_port = port
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(host, port)
         self.lock = threading.Lock()
         # Counted per "METHOD /path" so tests can assert exactly-once effects.
         self.requests: Counter[str] = Counter()
         # When set, every POST answers with this status (503 for "down for maintenance"), for failure drills.
         self.forced_status: int | None = None
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            return self._requested_port
-        return self._server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> JsonSimulator:
-        """Listen and serve from a background thread; returns self so tests can write Sim().start()."""
-        if self._server is not None:
-            return self
-        self._server = ThreadingHTTPServer((self.host, self._requested_port), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.name, daemon=True
-        )
-        self._thread.start()
-        logger.info("%s listening on %s", self.name, self.url)
-        return self
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> Reply:
         return HTTPStatus.NOT_FOUND, problem("Not found", f"No resource at {path}", HTTPStatus.NOT_FOUND)

@@ -21,13 +21,13 @@ import time
 from collections import Counter
 from datetime import date
 from decimal import Decimal, InvalidOperation
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from xml.sax.saxutils import escape
 
 from lxml import etree
 
-from connectors.simulators.background import BackgroundServer
+from connectors.simulators.background import HttpServerThread
 
 logger = logging.getLogger(__name__)
 
@@ -113,16 +113,13 @@ class SoapFault(Exception):
         self.existing = existing
 
 
-class SoapErpSimulator(BackgroundServer):
+class SoapErpSimulator(HttpServerThread):
     """Posts balanced journals once per External_Reference_ID; everything else is a SOAP fault."""
 
     name = "soap-erp-simulator"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host = host
-        self._requested_port = port
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(host, port)
         self.lock = threading.Lock()
         self.requests: Counter[str] = Counter()
         self.journals: dict[str, dict[str, Any]] = {}
@@ -135,41 +132,12 @@ class SoapErpSimulator(BackgroundServer):
         self.last_wsse_username = ""
 
     @property
-    def port(self) -> int:
-        return self._server.server_address[1] if self._server else self._requested_port
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
     def endpoint(self) -> str:
         return f"{self.url}/ccx/service/Financial_Management"
 
     @property
     def wsdl_url(self) -> str:
         return f"{self.endpoint}?wsdl"
-
-    def start(self) -> SoapErpSimulator:
-        if self._server is not None:
-            return self
-        self._server = ThreadingHTTPServer((self.host, self._requested_port), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.name, daemon=True
-        )
-        self._thread.start()
-        logger.info("%s listening on %s", self.name, self.url)
-        return self
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
 
     def submit(self, body: bytes) -> str:
         """Post the journal in a SOAP request; returns the document number or raises SoapFault."""
