@@ -31,6 +31,7 @@ from django.utils.dateparse import parse_datetime
 
 from healthsync.choices import DeliveryStatus, ExceptionKind, ExceptionStatus, RunStatus
 from healthsync.deliveries import connector_for_operation, delivery_request, delivery_reset
+from healthsync.inserts import insert_if_new
 from healthsync.models import CanonicalEvent, Delivery, ExceptionItem
 from healthsync.registry import workflow_registry
 from workflows.exceptions import exception_raise_or_refresh
@@ -981,7 +982,15 @@ def _run_for(business_key: str) -> WorkflowRun:
         # The recorded step names come with the locked row, in the same round trip.
         names = WorkflowStep.objects.filter(run=OuterRef("pk")).values("step")
         runs = runs.select_for_update(of=("self",)).annotate(known_step_names=ArraySubquery(names))
-    run, created = runs.get_or_create(workflow=WORKFLOW, business_key=business_key)
+    run = runs.filter(workflow=WORKFLOW, business_key=business_key).first()
+    created = False
+    if run is None:
+        # One round trip (INSERT … ON CONFLICT) instead of get_or_create's savepoint, insert and release; a
+        # concurrent first event of the same encounter waits on the unique key, then finds the run.
+        run = WorkflowRun(workflow=WORKFLOW, business_key=business_key)
+        created = insert_if_new(run)
+        if not created:
+            run = runs.get(workflow=WORKFLOW, business_key=business_key)
     if not isinstance(run.context, dict):
         run.context = {}
     # The row lock makes this handler the only writer of the run's steps, so they can be known in memory.
