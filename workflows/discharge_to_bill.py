@@ -534,10 +534,19 @@ def on_discharge_cancelled(event: CanonicalEvent) -> None:
     run = _run_for(event.subject)
     when = _when(event.data.get("cancelled_at")) or event.occurred_at or timezone.now()
     claim = _claim_delivery(run)
+    in_flight = None
     if claim is not None and claim.status == DeliveryStatus.SUCCEEDED:
         # The payer already has the claim: void it and reverse what the ERP was told, then wait for the
         # discharge again; the next A03 sends a replacement claim under the next version.
-        _void_claim(run, event=event)
+        _take_back_claim(run, event=event, sent=True)
+    elif claim is not None and _withdraw(claim.idempotency_key):
+        # The claim never left (queued, waiting to retry, or failed): it is withdrawn, never sent.
+        _take_back_claim(run, event=event, sent=False)
+        WorkflowStep.objects.update_or_create(
+            run=run, step="claim_withdrawn", defaults={"occurred_at": timezone.now(), "event": event}
+        )
+    else:
+        in_flight = claim
     run.steps.filter(step__in=UNDONE_BY_CANCEL).delete()
     _forget_steps(run)
     WorkflowStep.objects.update_or_create(
@@ -552,6 +561,16 @@ def on_discharge_cancelled(event: CanonicalEvent) -> None:
         item.resolved_at = timezone.now()
         item.resolution_note = "Withdrawn: the discharge was cancelled (ADT^A13)."
         item.save(update_fields=["status", "resolved_at", "resolution_note", "updated_at"])
+    if in_flight is not None:
+        # Being sent right now: whether the payer got it is known only afterwards, so a person decides.
+        _raise(
+            run,
+            ExceptionKind.MISMATCH,
+            f"The discharge of {run.business_key} was cancelled (ADT^A13) while its claim was being sent to "
+            "the RCM: check whether the payer received it, and void it there if so.",
+            {"claim_delivery_id": in_flight.pk},
+            event=event,
+        )
     run.save()
 
 
@@ -569,26 +588,47 @@ UNDONE_BY_CANCEL = [
 ]
 
 
-def _void_claim(run: WorkflowRun, *, event: CanonicalEvent | None) -> None:
-    """Void the submitted claim (frequency 8) and reverse its accrual and forecast, each exactly once."""
+WITHDRAWN = "Withdrawn before it was sent: the discharge was cancelled (ADT^A13)."
+
+
+def _withdraw(idempotency_key: str | None) -> bool:
+    """Stop an effect that has not gone out (queued, waiting to retry, or failed); False if sent or being sent.
+
+    One conditional UPDATE: a worker claims a delivery only from pending/retrying, so the two cannot both win.
+    """
+    if not idempotency_key:
+        return False
+    unsent = [DeliveryStatus.PENDING, DeliveryStatus.RETRYING, DeliveryStatus.FAILED]
+    return bool(
+        Delivery.objects.filter(idempotency_key=idempotency_key, status__in=unsent)
+        .exclude(status=DeliveryStatus.FAILED, last_error=WITHDRAWN)
+        .update(status=DeliveryStatus.FAILED, next_attempt_at=None, last_error=WITHDRAWN)
+    )
+
+
+def _take_back_claim(run: WorkflowRun, *, event: CanonicalEvent | None, sent: bool) -> None:
+    """Void the submitted claim (frequency 8) — or, never sent, just forget it — and take back what the ERP was
+    told: an accrual or forecast still queued is withdrawn, one already posted is reversed; each exactly once."""
     source = run.context.get("source_system", "unknown")
     version = int(run.context.get("claim_version") or 1)
     claim_id = run.context.get("claim_id", "")
-    void_key = f"{source}:void:{run.business_key}:{version}"
-    payload = claim_payload(run)
-    payload["claim_frequency"] = "8"
-    payload["original_claim_id"] = claim_id
-    _ask(run, CLAIM_OPERATION, payload, void_key, event=event)
+    void_key = ""
+    if sent:
+        void_key = f"{source}:void:{run.business_key}:{version}"
+        payload = claim_payload(run)
+        payload["claim_frequency"] = "8"
+        payload["original_claim_id"] = claim_id
+        _ask(run, CLAIM_OPERATION, payload, void_key, event=event)
     accrued = _accrued_total(run)
     reversal_key = ""
-    if accrued > 0:
+    if accrued > 0 and not _withdraw(run.context.get("accrual_key")):
         reversal_key = f"{source}:accrual-reversal:{run.business_key}:{version}"
         reversal = accrual_payload(run, reversal_key, amount=accrued, reverse=True)
         _ask(run, ACCRUAL_OPERATION, reversal, reversal_key, event=event)
     forecast = run.context.get("forecast") or {}
-    if forecast.get("key"):
+    if forecast.get("key") and not _withdraw(forecast["key"]):
         _post_forecast_change(run, "reversal", -_decimal(forecast.get("expected")), version, event=event)
-    run.context.setdefault("voided_claims", []).append(
+    run.context.setdefault("voided_claims" if sent else "withdrawn_claims", []).append(
         {
             "claim_id": claim_id,
             "version": version,

@@ -116,6 +116,44 @@ def test_cancel_discharge_after_the_claim_went_out_voids_it_reverses_the_accrual
     assert rcm.claim_count == 3 and erp.entry_count == 3
 
 
+def test_cancel_discharge_while_the_claim_waits_to_retry_withdraws_it_and_it_is_never_sent(
+    sims: tuple,
+) -> None:
+    from healthsync.choices import DeliveryStatus
+    from healthsync.deliveries import deliver_due
+
+    rcm, erp = sims
+    ReimbursementRate.objects.get_or_create(payer_id="*", defaults={"percent": Decimal("80")})
+    rcm.forced_status = 503  # the RCM is down: the claim waits to retry, the ERP took the accrual
+    feed(hl7_builder.adt_a01(), hl7_builder.dft_p03(), hl7_builder.adt_a03())
+    claim = Delivery.objects.get(operation="submit_claim")
+    assert claim.status == DeliveryStatus.RETRYING and erp.entry_count == 1
+
+    feed(hl7_builder.adt_a13())
+    rcm.forced_status = None
+    with commits():
+        deliver_due()
+
+    claim.refresh_from_db()
+    assert claim.status == DeliveryStatus.FAILED and claim.last_error == discharge_to_bill.WITHDRAWN
+    assert rcm.requests["POST /claims"] == 1 and rcm.claim_count == 0  # never reached the payer
+    reversals = [
+        e["entry"] for e in erp.entries.values() if ":accrual-reversal:" in e["entry"]["external_reference"]
+    ]
+    assert len(reversals) == 1  # the accrual had been posted: it is reversed, once
+    assert sorted(f["forecast"]["kind"] for f in erp.forecasts.values()) == ["forecast", "reversal"]
+    run = _run()
+    assert run.status == RunStatus.ACTIVE and "claim_withdrawn" in _steps(run)
+    assert "claim_delivery_id" not in run.context
+    assert ExceptionItem.objects.open().count() == 0
+
+    feed(hl7_builder.adt_a03(control_id="A03-2"))
+
+    run = _run()
+    assert run.status == RunStatus.COMPLETED and run.context["claim_version"] == 2
+    assert rcm.claim_count == 1
+
+
 def test_a_void_the_rcm_refuses_blocks_the_run_with_an_exception(sims: tuple) -> None:
     rcm, _ = sims
     billed = _billed(sims)
