@@ -845,6 +845,8 @@ def on_claim_denied(event: CanonicalEvent) -> None:
         return
     codes = [f"{a.get('group', '')}-{a.get('reason', '')}" for a in event.data.get("adjustments") or []]
     _step(run, "denied", event.occurred_at, event=event, note=", ".join(codes))
+    # Nothing (or only the patient's share) will come from the payer: the forecast is trued up to that.
+    _settle_forecast(run, event.data, event=event)
     _raise(
         run,
         ExceptionKind.DESTINATION_REJECTED,
@@ -854,6 +856,18 @@ def on_claim_denied(event: CanonicalEvent) -> None:
         {"reasons": codes},
         event=event,
     )
+
+
+def _settle_forecast(run: WorkflowRun, remit: dict[str, Any], *, event: CanonicalEvent | None) -> None:
+    """The first remittance of the claim, paid or denied, settles the forecast: the difference is its true-up."""
+    forecast = run.context.get("forecast") or {}
+    if not forecast.get("key") or forecast.get("trued_up"):
+        return
+    actual = _decimal(remit.get("paid_amount")) + _decimal(remit.get("patient_responsibility"))
+    difference = actual - _decimal(forecast.get("expected"))
+    forecast.update({"trued_up": True, "actual": str(actual), "difference": str(difference)})
+    version = int(run.context.get("claim_version") or 1)
+    _post_forecast_change(run, "true_up", difference, version, event=event)
 
 
 def on_claim_paid(event: CanonicalEvent) -> None:
@@ -869,14 +883,7 @@ def on_claim_paid(event: CanonicalEvent) -> None:
     claim_id = str(data.get("claim_id") or run.context.get("claim_id") or run.business_key)
     key = f"{source}:cash:{claim_id}:{trace}"
     payload = cash_payload(run, data, key, trace)
-    forecast = run.context.get("forecast") or {}
-    if forecast.get("key") and not forecast.get("trued_up"):
-        # The first remittance of the claim settles the forecast: the difference is posted as its true-up.
-        actual = _decimal(data.get("paid_amount")) + _decimal(data.get("patient_responsibility"))
-        difference = actual - _decimal(forecast.get("expected"))
-        forecast.update({"trued_up": True, "actual": str(actual), "difference": str(difference)})
-        version = int(run.context.get("claim_version") or 1)
-        _post_forecast_change(run, "true_up", difference, version, event=event)
+    _settle_forecast(run, data, event=event)
     run.save()
     if payload is None:
         return

@@ -326,6 +326,10 @@ def test_a_denial_becomes_an_exception_with_the_amount_at_stake(sims: tuple) -> 
     assert "denied" in item.reason and "CO-16" in item.reason
     assert item.amount == Decimal("3250.50")
     assert "denied" in _steps(_run())
+    # The payer pays nothing: the expected reimbursement (80 %) is trued up to zero, once.
+    _, erp = sims
+    emit("claim.denied", run.context["claim_id"], {"claim_id": run.context["claim_id"]}, ref="835-d2")
+    assert [f["amount"] for f in _forecasts(erp, "true_up")] == ["-2600.40"]
 
 
 def test_a_rejection_blocks_the_run(sims: tuple) -> None:
