@@ -210,20 +210,16 @@ def ops_overview(*, window_minutes: int = 60, now: datetime | None = None) -> li
     for metric in ConnectorMetric.objects.filter(minute__gte=since):
         per_connector[metric.connector_id].append(metric)
     depths = queue_depths()
-    last_in = dict(
-        Message.objects.values("connector_id")
-        .annotate(last=Max("received_at"))
-        .values_list("connector_id", "last")
-    )
-    last_out = dict(
-        Delivery.objects.filter(status=DeliveryStatus.SUCCEEDED)
-        .values("connector_id")
-        .annotate(last=Max("succeeded_at"))
-        .values_list("connector_id", "last")
-    )
     lines = []
     for connector in Connector.objects.select_related("system").order_by("direction", "code"):
         rows = per_connector.get(connector.pk, [])
+        # One index probe per connector (message_connector_time, delivery_last_success), not a scan of all.
+        if connector.direction == Direction.INBOUND:
+            last = Message.objects.filter(connector=connector).order_by("-received_at")
+            last_at = last.values_list("received_at", flat=True).first()
+        else:
+            last = Delivery.objects.filter(connector=connector, status=DeliveryStatus.SUCCEEDED)
+            last_at = last.order_by("-succeeded_at").values_list("succeeded_at", flat=True).first()
         lines.append(
             ConnectorOps(
                 connector=connector,
@@ -237,11 +233,7 @@ def ops_overview(*, window_minutes: int = 60, now: datetime | None = None) -> li
                 processing_p95_ms=_worst(r.processing_p95_ms for r in rows),
                 delivery_p50_ms=_median(r.delivery_p50_ms for r in rows),
                 delivery_p95_ms=_worst(r.delivery_p95_ms for r in rows),
-                last_message_at=(
-                    last_in.get(connector.pk)
-                    if connector.direction == Direction.INBOUND
-                    else last_out.get(connector.pk)
-                ),
+                last_message_at=last_at,
             )
         )
     return lines

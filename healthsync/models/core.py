@@ -309,6 +309,8 @@ class Message(models.Model):
                 condition=Q(status="received", sequence_key__isnull=True),
                 name="message_untriaged",
             ),
+            # The operations page's "last message" per connector.
+            models.Index(fields=["connector", "received_at"], name="message_connector_time"),
         ]
         permissions = [
             ("view_phi", "Can view protected health information"),
@@ -398,6 +400,20 @@ class Delivery(models.Model):
         ordering = ["-id"]
         verbose_name_plural = "deliveries"
         permissions = [("retry_delivery", "Can retry deliveries")]
+        indexes = [
+            # The operations page: each connector's outbound queue and its last delivered effect, without
+            # scanning every delivery ever made.
+            models.Index(
+                fields=["connector"],
+                condition=Q(status__in=["pending", "retrying", "sending"]),
+                name="delivery_waiting",
+            ),
+            models.Index(
+                fields=["connector", "succeeded_at"],
+                condition=Q(status="succeeded"),
+                name="delivery_last_success",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.operation} → {self.connector.code} [{self.status}]"
