@@ -14,9 +14,11 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import CharField, Count, F, Q, QuerySet, Sum, Value
+from django.contrib.postgres.aggregates import ArrayAgg
+from django.db import connection
+from django.db.models import CharField, Count, F, IntegerField, Q, QuerySet, Sum, Value
 from django.db.models.fields.json import KeyTransform
-from django.db.models.functions import Floor, TruncDate
+from django.db.models.functions import Cast, Floor, TruncDate
 from django.utils import timezone
 
 from dashboards import rollups
@@ -359,7 +361,22 @@ def _tallies_in_sql(facts: QuerySet[RunFact], hours: tuple[str, ...]) -> dict[tu
             tally.sums[name] += row[name] or Decimal("0")
     if not out:
         return out
-    if hours:
+    if hours and connection.vendor == "postgresql":
+        # One scan for every histogram: the rounded hours of each (workflow, day) as an array per column,
+        # counted here. A UNION of one GROUP BY per column would read the same rows once per column.
+        arrays = {
+            column: ArrayAgg(
+                Cast(Floor(F(column) + 0.5), IntegerField()),
+                filter=Q(**{f"{column}__isnull": False}),
+                default=[],
+            )
+            for column in hours
+        }
+        for row in keyed.values("workflow", "day").annotate(**arrays).order_by():
+            tally = out[row["workflow"], row["day"]]
+            for column in hours:
+                tally.hours[column].update(Counter(row[column]))
+    elif hours:
         parts = [
             keyed.filter(**{f"{column}__isnull": False})
             .annotate(column=Value(column, output_field=CharField()), h=Floor(F(column) + 0.5))
