@@ -14,13 +14,16 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import CharField, Count, F, Q, QuerySet, Sum, Value
-from django.db.models.functions import Floor
+from django.contrib.postgres.aggregates import ArrayAgg
+from django.db import connection
+from django.db.models import CharField, Count, F, IntegerField, Q, QuerySet, Sum, Value
+from django.db.models.fields.json import KeyTransform
+from django.db.models.functions import Cast, Floor, TruncDate
 from django.utils import timezone
 
 from dashboards import rollups
 from dashboards.models import KpiDay, RunFact
-from dashboards.tally import COLUMNS, COUNTS, HOURS, SUMS, Tally, histogram_percentile
+from dashboards.tally import COUNTS, HOURS, SUMS, Tally, histogram_percentile
 from healthsync.choices import ExceptionKind, RunStatus
 from healthsync.models import ExceptionItem
 from workflows.definitions import WORKFLOWS
@@ -290,15 +293,19 @@ def open_exceptions_by_kind(filters: Filters | None = None) -> list[ExceptionKin
 def backlog_by_age(filters: Filters, now: datetime | None = None) -> list[AgeBandRow]:
     """Open exceptions per age band (age = now - raised), with the money each band holds up."""
     now = now or timezone.now()
-    open_items = filters.exceptions().open()
-    out = []
-    for band, younger, older in AGE_BANDS:
-        items = open_items.filter(created_at__lte=now - younger)
+    # One round trip: a count and a sum per band as conditional aggregates over the open backlog.
+    aggregates: dict[str, Count | Sum] = {}
+    for index, (_band, younger, older) in enumerate(AGE_BANDS):
+        in_band = Q(created_at__lte=now - younger)
         if older is not None:
-            items = items.filter(created_at__gt=now - older)
-        totals = items.aggregate(count=Count("id"), amount=Sum("amount"))
-        out.append(AgeBandRow(band, totals["count"], totals["amount"] or Decimal("0")))
-    return out
+            in_band &= Q(created_at__gt=now - older)
+        aggregates[f"count{index}"] = Count("id", filter=in_band)
+        aggregates[f"amount{index}"] = Sum("amount", filter=in_band)
+    totals = filters.exceptions().open().aggregate(**aggregates)
+    return [
+        AgeBandRow(band, totals[f"count{index}"], totals[f"amount{index}"] or Decimal("0"))
+        for index, (band, _younger, _older) in enumerate(AGE_BANDS)
+    ]
 
 
 # Duration columns of a fact and the KPI each feeds.
@@ -316,81 +323,126 @@ def catch_up(limit: int = CATCH_UP_LIMIT) -> None:
     rollups.refresh(limit=limit)
 
 
-def _add_facts(out: dict[date, Tally], facts: QuerySet[RunFact]) -> None:
-    for row in facts.exclude(anchor_at=None).values_list("anchor_at", *COLUMNS):
-        out[rollups.local_day(row[0])].add_row(row[1:])
+def _tallies_in_sql(facts: QuerySet[RunFact], hours: tuple[str, ...]) -> dict[tuple[str, date], Tally]:
+    """Per (workflow, anchor day), the tally of `facts` counted by the database, for the hour columns asked for.
 
-
-def _tally_in_sql(facts: QuerySet[RunFact], hours: tuple[str, ...]) -> Tally:
-    """The tally of a slice of facts (a partial day) counted by the database, for the hour columns asked for."""
-    live = Q(cancelled=False)
-    row = facts.aggregate(
-        runs=Count("run_id"),
-        done=Count("run_id", filter=Q(done_at__isnull=False)),
-        blocked=Count("run_id", filter=Q(status=RunStatus.BLOCKED)),
-        not_completed=Count("run_id", filter=~Q(status=RunStatus.COMPLETED)),
-        remitted=Count("run_id", filter=Q(remitted=True)),
-        denied=Count("run_id", filter=Q(denied_first=True)),
-        clean=Count("run_id", filter=Q(clean=True)),
-        first_pass=Count("run_id", filter=Q(first_pass=True)),
-        sla_met=Sum("sla_met"),
-        sla_breached=Sum("sla_breached"),
-        dnfb_count=Count("run_id", filter=live & Q(done_at__isnull=True)),
-        gross=Sum("amount", filter=live),
-        late=Sum("late_amount", filter=live),
-        dnfb=Sum("amount", filter=live & Q(done_at__isnull=True)),
+    Three round trips whatever the number of workflows and days: the counts and sums, one UNION ALL of a
+    GROUP BY per hour column, and the open SLA steps by deadline.
+    """
+    keyed = facts.exclude(anchor_at=None).annotate(
+        day=TruncDate("anchor_at", tzinfo=timezone.get_current_timezone())
     )
-    tally = Tally()
-    if not row["runs"]:
-        return tally
-    tally.counts.update({name: row[name] or 0 for name in COUNTS})
-    tally.sums.update({name: row[name] or Decimal("0") for name in SUMS})
-    if hours:
-        # One round trip for every histogram: a UNION ALL of one GROUP BY per hour column.
+    live = Q(cancelled=False)
+    rows = (
+        keyed.values("workflow", "day")
+        .annotate(
+            runs=Count("run_id"),
+            done=Count("run_id", filter=Q(done_at__isnull=False)),
+            blocked=Count("run_id", filter=Q(status=RunStatus.BLOCKED)),
+            not_completed=Count("run_id", filter=~Q(status=RunStatus.COMPLETED)),
+            remitted=Count("run_id", filter=Q(remitted=True)),
+            denied=Count("run_id", filter=Q(denied_first=True)),
+            clean=Count("run_id", filter=Q(clean=True)),
+            first_pass=Count("run_id", filter=Q(first_pass=True)),
+            sla_met=Sum("sla_met"),
+            sla_breached=Sum("sla_breached"),
+            dnfb_count=Count("run_id", filter=live & Q(done_at__isnull=True)),
+            gross=Sum("amount", filter=live),
+            late=Sum("late_amount", filter=live),
+            dnfb=Sum("amount", filter=live & Q(done_at__isnull=True)),
+        )
+        .order_by()
+    )
+    out: dict[tuple[str, date], Tally] = defaultdict(Tally)
+    for row in rows:
+        tally = out[row["workflow"], row["day"]]
+        tally.counts.update({name: row[name] or 0 for name in COUNTS})
+        for name in SUMS:
+            tally.sums[name] += row[name] or Decimal("0")
+    if not out:
+        return out
+    if hours and connection.vendor == "postgresql":
+        # One scan for every histogram: the rounded hours of each (workflow, day) as an array per column,
+        # counted here. A UNION of one GROUP BY per column would read the same rows once per column.
+        arrays = {
+            column: ArrayAgg(
+                Cast(Floor(F(column) + 0.5), IntegerField()),
+                filter=Q(**{f"{column}__isnull": False}),
+                default=[],
+            )
+            for column in hours
+        }
+        for row in keyed.values("workflow", "day").annotate(**arrays).order_by():
+            tally = out[row["workflow"], row["day"]]
+            for column in hours:
+                tally.hours[column].update(Counter(row[column]))
+    elif hours:
         parts = [
-            facts.filter(**{f"{column}__isnull": False})
+            keyed.filter(**{f"{column}__isnull": False})
             .annotate(column=Value(column, output_field=CharField()), h=Floor(F(column) + 0.5))
-            .values("column", "h")
+            .values("workflow", "day", "column", "h")
             .annotate(n=Count("run_id"))
             .order_by()
             for column in hours
         ]
         union = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
-        for column, h, n in union.values_list("column", "h", "n"):
-            tally.hours[column][int(h)] += n
-    due = facts.filter(sla_open__gt=0).values("sla_open_deadline").annotate(n=Sum("sla_open")).order_by()
+        for workflow, day, column, h, n in union.values_list("workflow", "day", "column", "h", "n"):
+            out[workflow, day].hours[column][int(h)] += n
+    due = (
+        keyed.filter(sla_open__gt=0, sla_open_deadline__isnull=False)
+        .values("workflow", "day", "sla_open_deadline")
+        .annotate(n=Sum("sla_open"))
+        .order_by()
+    )
     for b in due:
-        if b["sla_open_deadline"] is not None:
-            tally.open_due[int(b["sla_open_deadline"].timestamp() // 60)] += b["n"]
-    return tally
+        out[b["workflow"], b["day"]].open_due[int(b["sla_open_deadline"].timestamp() // 60)] += b["n"]
+    return out
 
 
-def day_tallies(filters: Filters, workflow: str, hours: tuple[str, ...] = HOURS) -> dict[date, Tally]:
-    """Per anchor day, the tally of `workflow`'s facts the filters select.
+def workflow_day_tallies(
+    filters: Filters, workflows: tuple[str, ...], hours: tuple[str, ...] = HOURS
+) -> dict[str, dict[date, Tally]]:
+    """Per workflow and anchor day, the tally of the facts the filters select: a handful of round trips in all.
 
-    Whole days come from the daily rollup (overall, or the one facet asked for); the partial first and last day
-    are counted by the database, and any combination of two or more facets is tallied from its (few) facts.
-    Only the hour histograms named in `hours` are filled for the partial days.
+    Whole days come from the daily rollup (overall, or the one facet asked for), every workflow in one query;
+    the partial first and last day are counted by the database, and any combination of two or more facets is
+    tallied by day in SQL from its (few) facts. Only the hour histograms named in `hours` are filled for the
+    days counted from facts; with no `hours` the rollups' histograms are skipped too (nobody reads them).
     """
-    out: dict[date, Tally] = defaultdict(Tally)
+    out: dict[str, dict[date, Tally]] = {workflow: defaultdict(Tally) for workflow in workflows}
     facets = [(dim, getattr(filters, dim)) for dim in rollups.DIMS if getattr(filters, dim)]
     first = rollups.local_day(filters.start)
     if rollups.day_bounds(first)[0] < filters.start:
         first += DAY
     last = rollups.local_day(filters.end)
+    live: Q | None = None
     if len(facets) > 1 or first >= last:
-        _add_facts(out, filters.facts(workflow))
-        return out
-    dim, value = facets[0] if facets else ("", "")
-    rows = KpiDay.objects.filter(workflow=workflow, dim=dim, value=value, day__gte=first, day__lt=last)
-    for day, data in rows.values_list("day", "data"):
-        out[day].merge_json(data)
-    head_end, tail_start = rollups.day_bounds(first)[0], rollups.day_bounds(last)[0]
-    if filters.start < head_end:
-        out[first - DAY].merge(_tally_in_sql(replace(filters, end=head_end).facts(workflow), hours))
-    if tail_start < filters.end:
-        out[last].merge(_tally_in_sql(replace(filters, start=tail_start).facts(workflow), hours))
+        live = Q(anchor_at__gte=filters.start, anchor_at__lt=filters.end)
+    else:
+        dim, value = facets[0] if facets else ("", "")
+        rows = KpiDay.objects.filter(
+            workflow__in=workflows, dim=dim, value=value, day__gte=first, day__lt=last
+        )
+        fields = ("c", "s", "h", "o") if hours else ("c", "s", "o")
+        parts = {key: KeyTransform(key, "data") for key in fields}
+        for row in rows.values("workflow", "day", **parts).order_by():
+            out[row["workflow"]][row["day"]].merge_json({key: row[key] or {} for key in fields})
+        head_end, tail_start = rollups.day_bounds(first)[0], rollups.day_bounds(last)[0]
+        if filters.start < head_end:
+            live = Q(anchor_at__gte=filters.start, anchor_at__lt=head_end)
+        if tail_start < filters.end:
+            tail = Q(anchor_at__gte=tail_start, anchor_at__lt=filters.end)
+            live = tail if live is None else live | tail
+    if live is not None:
+        facts = filters.facts(None, windowed=False).filter(live, workflow__in=workflows)
+        for (workflow, day), tally in _tallies_in_sql(facts, hours).items():
+            out[workflow][day].merge(tally)
     return out
+
+
+def day_tallies(filters: Filters, workflow: str, hours: tuple[str, ...] = HOURS) -> dict[date, Tally]:
+    """Per anchor day, the tally of `workflow`'s facts the filters select (see `workflow_day_tallies`)."""
+    return workflow_day_tallies(filters, (workflow,), hours)[workflow]
 
 
 def merged(tallies: dict[date, Tally]) -> Tally:
@@ -419,24 +471,33 @@ def adgpsr(filters: Filters, days: dict[date, Tally] | None = None) -> Decimal:
     return (gross / ADGPSR_DAYS).quantize(Decimal("0.01"))
 
 
+def sla_workflows() -> tuple[str, ...]:
+    """The workflows with at least one SLA-bound step."""
+    return tuple(wf.code for wf in WORKFLOWS.values() if any(step.sla is not None for step in wf.steps))
+
+
 def sla_compliance(
-    filters: Filters, now: datetime | None = None, known: dict[str, dict[date, Tally]] | None = None
+    filters: Filters, now: datetime | None = None, known: dict[str, Tally] | None = None
 ) -> list[SlaRow]:
     """Per workflow: SLA-bound steps of runs anchored in the window that were left (for any later step) in time.
 
-    A step not yet left counts as breached once its SLA has passed, and as pending before that.
+    A step not yet left counts as breached once its SLA has passed, and as pending before that. `known` are
+    workflows' window totals the caller already holds; the others are read together in one go.
     """
     now = now or timezone.now()
     catch_up()
+    totals = dict(known or {})
+    codes = sla_workflows()
+    missing = tuple(code for code in codes if code not in totals)
+    if missing:
+        read = workflow_day_tallies(filters, missing, hours=())
+        totals.update({code: merged(days) for code, days in read.items()})
     out = []
-    for wf in WORKFLOWS.values():
-        if not any(step.sla is not None for step in wf.steps):
-            continue
-        days = (known or {}).get(wf.code)
-        tally = merged(day_tallies(filters, wf.code, hours=()) if days is None else days)
+    for code in codes:
+        tally = totals[code]
         overdue, pending = tally.overdue(now)
         met, breached = tally.counts["sla_met"], tally.counts["sla_breached"] + overdue
-        out.append(SlaRow(wf.code, wf.label, met, breached, pending))
+        out.append(SlaRow(code, WORKFLOWS[code].label, met, breached, pending))
     return out
 
 
@@ -452,9 +513,14 @@ def kpis(
     now = now or timezone.now()
     filters = filters or Filters.default(now)
     catch_up()
-    days = day_tallies(filters, DTB, hours=tuple(DURATIONS.values()))
-    p2p = day_tallies(filters, P2P, hours=("cycle_hours",))
-    total = merged(days)
+    # Every workflow the tiles read, in one pass: the histograms of discharge-to-bill and procure-to-pay.
+    read = workflow_day_tallies(
+        filters,
+        tuple(dict.fromkeys((DTB, P2P, *sla_workflows()))),
+        hours=(*DURATIONS.values(), "cycle_hours"),
+    )
+    totals = {code: merged(days) for code, days in read.items()}
+    days, total = read[DTB], totals[DTB]
     counts, sums = total.counts, total.sums
     return Kpis(
         since=filters.start,
@@ -471,7 +537,7 @@ def kpis(
         claims_remitted=counts["remitted"],
         claims_denied=counts["denied"],
         backlog=backlog_by_age(filters, now),
-        sla=sla_compliance(filters, now, {DTB: days, P2P: p2p}),
+        sla=sla_compliance(filters, now, totals),
         coding_lag=_stats(total, "coding_hours"),
         bill_hold=_stats(total, "hold_hours"),
         gross_charges=sums["gross"],
@@ -479,16 +545,17 @@ def kpis(
         claims_submitted=counts["done"],
         claims_clean=counts["clean"],
         claims_first_pass=counts["first_pass"],
-        po_cycle=_stats(merged(p2p), "cycle_hours"),
+        po_cycle=_stats(totals[P2P], "cycle_hours"),
         days=days,
     )
 
 
 def weekly_points(filters: Filters, days: dict[date, Tally] | None = None) -> list[WeeklyPoint]:
     """Billed accounts per discharge week (Monday) and their median days to bill."""
+    # Only the days-to-bill histogram is read: merging whole tallies per week would be wasted work.
     weeks: dict[date, Tally] = defaultdict(Tally)
     for day, tally in (day_tallies(filters, DTB) if days is None else days).items():
-        weeks[day - timedelta(days=day.weekday())].merge(tally)
+        weeks[day - timedelta(days=day.weekday())].hours["dtb_hours"].update(tally.hours["dtb_hours"])
     points = []
     for week, tally in sorted(weeks.items()):
         stats = _stats(tally, "dtb_hours")
@@ -511,7 +578,9 @@ def distribution(
     filters: Filters, days: dict[date, Tally] | None = None, width_days: float = 0.5, cap_days: float = 30
 ) -> list[Bin]:
     """Days-to-bill histogram from the rollups (the page never ships one number per account)."""
-    histogram = merged(day_tallies(filters, DTB) if days is None else days).hours["dtb_hours"]
+    histogram: Counter[int] = Counter()
+    for tally in (day_tallies(filters, DTB) if days is None else days).values():
+        histogram.update(tally.hours["dtb_hours"])
     bins: Counter[int] = Counter()
     cap = int(cap_days / width_days)
     for hours, count in histogram.items():
@@ -557,28 +626,50 @@ def close_readiness(filters: Filters) -> list[PeriodReadiness]:
         return []
     span = replace(filters, start=months[0][1], end=months[-1][2])
     by_month: dict[str, dict[str, Tally]] = defaultdict(lambda: defaultdict(Tally))
-    for workflow in (DTB, REMITTANCE):
-        for day, tally in day_tallies(span, workflow, hours=()).items():
+    for workflow, days in workflow_day_tallies(span, (DTB, REMITTANCE), hours=()).items():
+        for day, tally in days.items():
             by_month[f"{day:%Y-%m}"][workflow].merge(tally)
-    out = []
-    for period, start, end in months:
-        month = replace(filters, start=start, end=end)
-        dtb, remits = by_month[period][DTB], by_month[period][REMITTANCE]
-        invoices = (
-            month.facts(P2P, windowed=False)
-            .filter(invoice_received_at__gte=start, invoice_received_at__lt=end, done_at__isnull=True)
-            .count()
+    # One query per figure for all the months at once: a conditional count per month.
+    invoices = (
+        span.facts(P2P, windowed=False)
+        .filter(invoice_received_at__gte=span.start, invoice_received_at__lt=span.end, done_at__isnull=True)
+        .aggregate(
+            **{
+                f"m{index}": Count(
+                    "run_id", filter=Q(invoice_received_at__gte=start, invoice_received_at__lt=end)
+                )
+                for index, (_period, start, end) in enumerate(months)
+            }
         )
-        labour = RunFact.objects.filter(workflow=LABOUR, business_key=period, done_at__isnull=False).exists()
+    )
+    exceptions = (
+        span.exceptions()
+        .open()
+        .filter(created_at__gte=span.start)
+        .aggregate(
+            **{
+                f"m{index}": Count("id", filter=Q(created_at__gte=start, created_at__lt=end))
+                for index, (_period, start, end) in enumerate(months)
+            }
+        )
+    )
+    posted = set(
+        RunFact.objects.filter(
+            workflow=LABOUR, business_key__in=[period for period, _, _ in months], done_at__isnull=False
+        ).values_list("business_key", flat=True)
+    )
+    out = []
+    for index, (period, start, end) in enumerate(months):
+        dtb, remits = by_month[period][DTB], by_month[period][REMITTANCE]
         out.append(
             PeriodReadiness(
                 period=period,
                 dnfb_count=dtb.counts["dnfb_count"],
                 dnfb_amount=dtb.sums["dnfb"],
                 unposted_remits=remits.counts["not_completed"],
-                unmatched_invoices=invoices,
-                labour_posted=labour,
-                open_exceptions=month.exceptions().open().filter(created_at__gte=start).count(),
+                unmatched_invoices=invoices[f"m{index}"],
+                labour_posted=period in posted,
+                open_exceptions=exceptions[f"m{index}"],
                 start=start.date(),
                 end=(end - timedelta(days=1)).date(),
             )
