@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import json
 import logging
 from typing import Any
@@ -33,15 +32,14 @@ from connectors.fhir.resources import (
     message_type_for,
     operation_outcome,
 )
+from connectors.inbound_auth import caller
 from healthsync.choices import Direction, MessageStatus, Protocol
 from healthsync.ingest import InboundItem, StoreOutcome, store_messages
 from healthsync.models import Connector
-from healthsync.secrets import SecretsUnreadable
 
 logger = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
-DEFAULT_KEY_HEADER = "X-Api-Key"
 
 
 def _reply(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> HttpResponse:
@@ -53,34 +51,6 @@ def _reply(status: int, body: dict[str, Any], headers: dict[str, str] | None = N
 
 def _outcome(status: int, code: str, diagnostics: str, expression: str = "") -> HttpResponse:
     return _reply(status, operation_outcome([Issue(code, diagnostics, expression)]))
-
-
-def _caller(request: HttpRequest, connector: Connector) -> str:
-    """Who is calling ("token:<username>" or "api-key"), or "" when the credentials do not check out.
-
-    The caller, not the peer address, is the message's sender: a retry through another proxy node must
-    still be recognised as the same message.
-    """
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Token "):
-        from rest_framework.authtoken.models import Token
-
-        token = Token.objects.select_related("user").filter(key=header[6:].strip()).first()
-        if token is None or not token.user.is_active:
-            return ""
-        return f"token:{token.user.get_username()}"
-    key_header = str((connector.config or {}).get("api_key_header") or DEFAULT_KEY_HEADER)
-    offered = request.headers.get(key_header, "")
-    if not offered:
-        return ""
-    try:
-        expected = connector.secrets.get("inbound_api_key", "")
-    except SecretsUnreadable:
-        logger.error("fhir inbound: secrets of connector %s cannot be decrypted", connector.pk)
-        return ""
-    if expected and hmac.compare_digest(offered.encode(), expected.encode()):
-        return "api-key"
-    return ""
 
 
 def control_id_for(data: dict[str, Any]) -> str:
@@ -105,7 +75,7 @@ def receive(request: HttpRequest, code: str, resource_type: str = "") -> HttpRes
     ).first()
     if connector is None:
         return _outcome(404, "not-found", f"No inbound FHIR connector {code!r}.")
-    sender = _caller(request, connector)
+    sender = caller(request, connector, endpoint="fhir inbound")
     if not sender:
         return _reply(
             401,
