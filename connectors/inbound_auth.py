@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import hmac
 import logging
+from typing import Any
 
 from django.http import HttpRequest
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.request import Request
 
 from healthsync.models import Connector
 from healthsync.secrets import SecretsUnreadable
@@ -50,3 +54,42 @@ def caller(request: HttpRequest, connector: Connector, *, endpoint: str = "inbou
     if expected and hmac.compare_digest(offered.encode(), expected.encode()):
         return "api-key"
     return ""
+
+
+class InboundCredentials(BaseAuthentication):
+    """Names the inbound credentials for DRF views and their OpenAPI schema; the check itself is `caller`.
+
+    It cannot run as DRF authentication: the API key is a secret of the connector named in the path, and an
+    unknown connector must answer 404 before any credentials are looked at.
+    """
+
+    def authenticate(self, request: Request) -> None:
+        return None
+
+    def authenticate_header(self, request: Request) -> str:
+        return "Token"
+
+
+class InboundCredentialsScheme(OpenApiAuthenticationExtension):
+    target_class = InboundCredentials
+    name = ["inboundToken", "inboundApiKey"]
+
+    def get_security_definition(self, auto_schema: Any) -> list[dict[str, str]]:
+        return [
+            {
+                "type": "apiKey",
+                "in": "header",
+                "name": "Authorization",
+                "description": 'A Django REST framework token, with the prefix "Token ".',
+            },
+            {
+                "type": "apiKey",
+                "in": "header",
+                "name": DEFAULT_KEY_HEADER,
+                "description": f"The connector's secret {SECRET_NAME}, in its api_key_header "
+                f"(default {DEFAULT_KEY_HEADER}).",
+            },
+        ]
+
+    def get_security_requirement(self, auto_schema: Any) -> list[dict[str, list[str]]]:
+        return [{"inboundToken": []}, {"inboundApiKey": []}]

@@ -11,6 +11,8 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    # Before api/: that URLconf ends in a catch-all 404.
+    path("api/v1/inbound/", include("connectors.rest.urls")),
     path("api/", include("healthsync.api.urls")),
     path("api-clients/", include("healthsync.api.console_urls")),
     path("dashboard/", include("dashboards.urls")),

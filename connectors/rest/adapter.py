@@ -1,5 +1,7 @@
 """REST/JSON adapter for RCM and ERP APIs: one configured operation per kind of effect.
 
+Inbound connectors are pushed to at ``POST /api/v1/inbound/<code>/`` (views.py; settings in inbound.py).
+
 Outbound config::
 
     {
@@ -25,13 +27,16 @@ from urllib.parse import urlparse
 
 import httpx
 
+from connectors.inbound_auth import SECRET_NAME, key_header_for
 from connectors.json_message import JsonMessage
 from connectors.json_message import parse as parse_json
 from connectors.rest.auth import request as auth_request
 from connectors.rest.auth import validate_auth
+from connectors.rest.inbound import validate_inbound_config
 from healthsync.choices import Direction, Protocol
 from healthsync.errors import ConnectorError
 from healthsync.registry import SendResult
+from healthsync.secrets import SecretsUnreadable
 
 if TYPE_CHECKING:
     from healthsync.models import Connector, Delivery
@@ -47,8 +52,12 @@ class RestAdapter:
         errors: list[str] = []
         base_url = config.get("base_url")
         parsed = urlparse(base_url) if isinstance(base_url, str) else None
-        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
+        # Inbound connectors are called, not calling: a base URL is only for "test connection" there.
+        needs_url = direction != Direction.INBOUND or base_url not in (None, "")
+        if needs_url and (parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc):
             errors.append("base_url must be an http:// or https:// URL")
+        if direction == Direction.INBOUND:
+            errors += validate_inbound_config(config)
         if direction == Direction.OUTBOUND:
             operations = config.get("operations")
             if not isinstance(operations, dict) or not operations:
@@ -113,8 +122,27 @@ class RestAdapter:
 
     def test_connection(self, connector: Connector) -> tuple[bool, str]:
         """One authenticated GET to config.health_path (or the base URL): any answer below 500 except
-        401/403 means the system is there and takes our credentials."""
+        401/403 means the system is there and takes our credentials. An inbound connector without a base
+        URL has nothing to call: the answer says where callers post and how they authenticate."""
+        if connector.direction == Direction.INBOUND and not (connector.config or {}).get("base_url"):
+            return inbound_readiness(connector)
         return probe(connector, str((connector.config or {}).get("health_path") or ""))
+
+
+def inbound_readiness(connector: Connector) -> tuple[bool, str]:
+    """Whether callers can deliver to this inbound connector, and where, for the console."""
+    from django.urls import reverse
+
+    path = reverse("rest_inbound", kwargs={"code": connector.code})
+    if not connector.is_enabled:
+        return False, f"The connector is disabled: POST {path} answers 404 until it is enabled"
+    try:
+        has_key = bool(connector.secrets.get(SECRET_NAME))
+    except SecretsUnreadable:
+        return False, f"The {SECRET_NAME} secret cannot be decrypted with the configured key"
+    if not has_key:
+        return True, f"Callers POST JSON to {path} with a DRF token (no {SECRET_NAME} is set)"
+    return True, f"Callers POST JSON to {path} with a DRF token or the {key_header_for(connector)} header"
 
 
 def probe(connector: Connector, path: str) -> tuple[bool, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from healthsync.choices import Direction, Protocol
 from healthsync.forms import ConfigField, ConfigForm
 
-OUT = Direction.OUTBOUND
+IN, OUT = Direction.INBOUND, Direction.OUTBOUND
 
 # Shared with the FHIR client, which authenticates the same way (connectors/rest/auth.py).
 AUTH_FIELDS = (
@@ -36,7 +36,11 @@ AUTH_FIELDS = (
 config_form = ConfigForm(
     Protocol.REST,
     (
-        ConfigField("base_url", "Base URL", required=True, help="https://erp.example.org/api"),
+        ConfigField(
+            "base_url",
+            "Base URL",
+            help="Required outbound; inbound only for test connection. https://erp.example.org/api",
+        ),
         ConfigField(
             "operations",
             "Operations",
@@ -44,7 +48,44 @@ config_form = ConfigForm(
             direction=OUT,
             help='{"post_journal": {"method": "POST", "path": "/journal-entries", "result_field": "id"}}',
         ),
-        ConfigField("idempotency_header", "Idempotency header", help="Default Idempotency-Key"),
+        ConfigField(
+            "idempotency_header",
+            "Idempotency header",
+            help="Default Idempotency-Key. Outbound: sent with each delivery; inbound: read as the message id",
+        ),
+        ConfigField(
+            "type_field",
+            "Message type field",
+            direction=IN,
+            help="JSON path of the message type in the body, default type (e.g. header.kind)",
+        ),
+        ConfigField(
+            "message_type",
+            "Fixed message type",
+            direction=IN,
+            help="Every body on this connector has this type; the type field is then not read",
+        ),
+        ConfigField(
+            "id_field",
+            "Message id field",
+            direction=IN,
+            help="JSON path of the sender's message id, default id; it must change with every message",
+        ),
+        ConfigField("api_key_header", "Inbound API key header", direction=IN, help="Default X-Api-Key"),
+        ConfigField(
+            "max_body_bytes",
+            "Largest body (bytes)",
+            "int",
+            direction=IN,
+            help="Larger bodies are refused (413)",
+        ),
+        ConfigField(
+            "inbound_api_key",
+            "Inbound API key",
+            "secret",
+            direction=IN,
+            help="Callers of /api/v1/inbound/<code>/ send it",
+        ),
         ConfigField("headers", "Extra headers", "json", help='{"X-Tenant": "north"}'),
         ConfigField("health_path", "Health path", help="For test connection, e.g. /health"),
         *AUTH_FIELDS,
