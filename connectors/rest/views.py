@@ -24,7 +24,6 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.parsers import JSONParser
-from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
@@ -125,7 +124,8 @@ class RestInboundView(APIView):
     """POST a JSON object (or an array of them) from an ERP or RCM system into the message store."""
 
     authentication_classes = [InboundCredentials]
-    permission_classes = [AllowAny]
+    # None: the credentials are checked in the view (inbound_auth.caller) once the connector is known.
+    permission_classes: list[Any] = []
     throttle_classes: list[Any] = []
     parser_classes = [JSONParser]  # documentation only: the view reads the raw body
     versioning_class = None

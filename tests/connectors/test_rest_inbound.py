@@ -406,3 +406,56 @@ def test_test_connection_on_an_inbound_connector_says_where_callers_post(connect
     ok, text = RestAdapter().test_connection(connector)
     assert ok and "/api/v1/inbound/erp-json-in/" in text and "X-Api-Key" in text
     assert KEY not in text
+
+
+def _console_form(system: System, **changes: Any) -> dict[str, Any]:
+    return {
+        "system": system.pk,
+        "code": "rcm-status-in",
+        "name": "RCM claim status (JSON)",
+        "direction": Direction.INBOUND,
+        "protocol": Protocol.REST,
+        "lane": "financial",
+        "is_enabled": "on",
+        "config": "{}",
+        "retry_max_attempts": 5,
+        "retry_backoff_seconds": 2,
+        "timeout_seconds": 10,
+        "breaker_threshold": 5,
+        **changes,
+    }
+
+
+def test_an_engineer_sets_up_an_inbound_connector_in_the_console_and_a_caller_delivers(
+    client_for: Any, engineer: User
+) -> None:
+    system = System.objects.create(code="rcm-main", name="RCM", kind="rcm")
+    client = client_for(engineer)
+    page = client.get("/connectors/new/?protocol=rest&direction=inbound").content.decode()
+    for name in (
+        "cfg_type_field",
+        "cfg_id_field",
+        "cfg_message_type",
+        "cfg_api_key_header",
+        "secret_inbound_api_key",
+    ):
+        assert f'name="{name}"' in page
+
+    bad = client.post("/connectors/new/", _console_form(system, cfg_type_field="claims[*].kind"))
+    assert bad.status_code == 400
+    assert "type_field must be one JSON path" in bad.content.decode()
+    assert not Connector.objects.filter(code="rcm-status-in").exists()
+
+    good = _console_form(
+        system, cfg_message_type="claim_status", cfg_id_field="event_id", secret_inbound_api_key=KEY
+    )
+    assert client.post("/connectors/new/", good).status_code == 302
+    connector = Connector.objects.get(code="rcm-status-in")
+    assert connector.config == {"message_type": "claim_status", "id_field": "event_id"}
+    assert connector.secrets == {"inbound_api_key": KEY}
+
+    status = json.dumps({"event_id": "277-1", "claim": "CLM-1", "status": "accepted"}).encode()
+    response = post(status, url="/api/v1/inbound/rcm-status-in/")
+    assert response.status_code == 202
+    message = Message.objects.get(pk=response.json()["message_id"])
+    assert (message.message_type, message.control_id) == ("claim_status", "277-1")
