@@ -23,6 +23,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -116,6 +117,19 @@ _BATCH = {
 }
 
 
+class AlwaysJson(BaseContentNegotiation):
+    """Answers are JSON whatever the caller's Accept says: a sender's odd Accept header must not cost it
+    its message (DRF would answer 406 before the body is stored)."""
+
+    def select_parser(self, request: Request, parsers: list[Any]) -> Any:
+        return parsers[0] if parsers else None
+
+    def select_renderer(
+        self, request: Request, renderers: list[Any], format_suffix: str | None = None
+    ) -> Any:
+        return renderers[0], renderers[0].media_type
+
+
 def _problem_response(description: str) -> OpenApiResponse:
     return OpenApiResponse(response=_PROBLEM_REF, description=description)
 
@@ -129,6 +143,7 @@ class RestInboundView(APIView):
     throttle_classes: list[Any] = []
     parser_classes = [JSONParser]  # documentation only: the view reads the raw body
     versioning_class = None
+    content_negotiation_class = AlwaysJson
 
     @extend_schema(
         operation_id="inbound_receive",

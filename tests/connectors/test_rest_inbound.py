@@ -212,6 +212,11 @@ def test_a_json_suffix_media_type_is_accepted(connector: Connector) -> None:
     assert post(body(), content_type="application/vnd.erp.invoice+json; charset=UTF-8").status_code == 202
 
 
+def test_an_odd_accept_header_does_not_cost_the_sender_its_message(connector: Connector) -> None:
+    response = post(body(), ACCEPT="application/xml")
+    assert response.status_code == 202 and response.json()["status"] == "received"
+
+
 def test_a_body_above_the_connectors_limit_is_413_and_not_stored(connector: Connector, settings: Any) -> None:
     connector.config = {"max_body_bytes": len(body())}
     connector.save()
@@ -230,6 +235,13 @@ def test_it_refuses_a_caller_without_credentials_and_stores_nothing(connector: C
         response = Client().post(URL, body(), content_type="application/json", **headers)
         problem_of(response, 401)
         assert response["WWW-Authenticate"] == "Token"
+    assert not Message.objects.exists()
+
+
+def test_a_console_session_is_not_a_credential(connector: Connector, client_for: Any, engineer: User) -> None:
+    # Machine callers only: a signed-in browser (any role) cannot post messages without a token or key.
+    response = client_for(engineer).post(URL, body(), content_type="application/json")
+    problem_of(response, 401)
     assert not Message.objects.exists()
 
 
