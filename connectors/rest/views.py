@@ -217,9 +217,7 @@ def _connector(code: str) -> Connector:
         code=code, protocol=Protocol.REST, direction=Direction.INBOUND, is_enabled=True
     ).first()
     if connector is None:
-        raise RefusedError(
-            _problem(404, f"No enabled inbound REST connector {code!r}.", "not-found")
-        ) from None
+        raise RefusedError(_problem(404, f"No enabled inbound REST connector {code!r}.", "not-found"))
     return connector
 
 
