@@ -89,9 +89,10 @@ class Envelope:
             taxonomy="282N00000X",
         )
     )
-    # Claim filing indicator (SBR09) by financial class; CI (commercial) otherwise.
+    # Claim filing indicator (SBR09) by financial class; CI (commercial) otherwise. 5010 dropped 09 (self-pay):
+    # ZZ (mutually defined) is what the guides leave for it.
     filing_indicators: dict[str, str] = field(
-        default_factory=lambda: {"MCR": "MB", "MCD": "MC", "SP": "09", "COM": "CI"}
+        default_factory=lambda: {"MCR": "MB", "MCD": "MC", "SP": "ZZ", "COM": "CI"}
     )
 
     @classmethod

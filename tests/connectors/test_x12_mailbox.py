@@ -226,6 +226,17 @@ def test_a_void_names_the_original_icn_and_the_rcm_voids_that_claim(
     assert rcm.remit() is None  # the voided claim is never paid
 
 
+@pytest.mark.parametrize("kind", ["837I", "837P"])
+@pytest.mark.parametrize("financial_class", ["COM", "MCR", "MCD", "SP", ""])
+def test_every_financial_class_the_ehr_sends_makes_a_valid_837(kind: str, financial_class: str) -> None:
+    # The demo found it: self-pay went out as SBR09 09, a code 5010 no longer has, and pyx12 refused a
+    # quarter of the claims.
+    claim = _claim()
+    claim["encounter"] = {**claim["encounter"], "financial_class": financial_class}
+    checked = validate_x12(build_837(claim, kind=kind, control_number=31))
+    assert checked.ok, checked.summary()
+
+
 def test_the_void_837_carries_ref_f8_and_frequency_8_and_validates() -> None:
     for kind in ("837I", "837P"):
         claim = _claim(claim_frequency="8", payer_claim_control_number="ICN000001001")
