@@ -7,12 +7,13 @@ Idempotent like the core seed: what exists is left alone, operations a connector
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 
 from healthsync.choices import Direction, Lane, Protocol, Transform
-from healthsync.models import Connector
+from healthsync.models import Connector, System
 from healthsync.seed import rule_spec, seed_mappings, seed_schemas
 
 if TYPE_CHECKING:
@@ -193,15 +194,32 @@ def seed_workflow_config(*, actor: User | None = None) -> None:
 
 
 X12_CLAIMS_CONNECTOR = "rcm-claims-x12"
+X12_REMITS_CONNECTOR = "rcm-remits-x12"
+
+
+def default_rcm_mailbox() -> str:
+    """The folder the payer drops 277CA and 835 files into (HEALTHSYNC_RCM_MAILBOX, else var/rcm-mailbox)."""
+    from django.conf import settings
+
+    return str(
+        getattr(settings, "HEALTHSYNC_RCM_MAILBOX", "") or Path(settings.BASE_DIR) / "var" / "rcm-mailbox"
+    )
 
 
 @transaction.atomic
-def claims_route_x12(*, url: str | None = None, claim_type: str = "837I") -> Connector:
+def claims_route_x12(
+    *,
+    url: str | None = None,
+    claim_type: str = "837I",
+    mailbox: dict[str, Any] | str | None = None,
+    mailbox_secrets: dict[str, str] | None = None,
+) -> Connector:
     """Send claims to the RCM as X12 837s: an enabled X12 connector offering submit_claim, the JSON one disabled.
 
     connector_for_operation() picks the first enabled outbound connector offering an operation, so claims go
     as 837s while this connector is enabled and as JSON once it is disabled and rcm-claims enabled again.
-    `url` defaults to the JSON connector's base URL + /x12/837 (the RCM simulator speaks both).
+    `url` defaults to the JSON connector's base URL + /x12/837 (the RCM simulator speaks both). The payer's
+    answers come back as files: see remits_route_x12 (`mailbox`, `mailbox_secrets`).
     """
     rest = Connector.objects.filter(code="rcm-claims").first()
     if url is None:
@@ -236,4 +254,47 @@ def claims_route_x12(*, url: str | None = None, claim_type: str = "837I") -> Con
     if rest is not None and rest.is_enabled:
         rest.is_enabled = False
         rest.save()
+    remits_route_x12(source=mailbox, secrets=mailbox_secrets)
+    return connector
+
+
+@transaction.atomic
+def remits_route_x12(
+    *, source: dict[str, Any] | str | None = None, secrets: dict[str, str] | None = None
+) -> Connector:
+    """Read the payer's answers (277CA, 835) from its mailbox: an enabled inbound X12 files connector.
+
+    `source` is a folder path or a files location (sftp: its password goes in `secrets`, encrypted, never in
+    the config); the default is default_rcm_mailbox(). The files-poll job picks each ready ``*.x12`` file up
+    as one message; the pipeline reads it into claim.accepted/rejected/paid/denied and remittance.received
+    (connectors.x12.events). A file still being written is left for the next poll (size and time must hold
+    still for settle_seconds); a file that is not X12 goes to the error folder with a reason file.
+    """
+    if source is None or isinstance(source, str):
+        source = {"type": "folder", "path": source or default_rcm_mailbox()}
+    config = {
+        "source": source,
+        "pattern": "*.x12",
+        "ready": "stable",
+        "settle_seconds": 1,
+        "archive_dir": "archive",
+        "error_dir": "error",
+    }
+    connector = Connector.objects.filter(code=X12_REMITS_CONNECTOR).first()
+    if connector is None:
+        system = System.objects.filter(code="rcm-main").first()
+        assert system is not None, "seed the reference config (rcm-main) first"
+        connector = Connector(
+            system=system,
+            code=X12_REMITS_CONNECTOR,
+            name="RCM answers (X12 277CA/835 mailbox)",
+            direction=Direction.INBOUND,
+            protocol=Protocol.X12,
+            lane=Lane.FINANCIAL,
+        )
+    connector.config = {**(connector.config or {}), **config}
+    connector.is_enabled = True
+    if secrets:
+        connector.secrets = secrets
+    connector.save()
     return connector

@@ -25,18 +25,34 @@ X12 (bodies are X12 text, not JSON):
 
 Denials are deterministic: claims of payers in `sim.denied_payers` and one claim in ten by a hash of its
 patient control number are denied (zero pay, CAS CO-50); the rest are paid 80% (CO-45 15%, PR-2 5%).
+
+The payer mailbox (a clearinghouse drops its answers as files; HealthSync picks them up with an inbound X12
+files connector): with `RcmSimulator(mailbox="/dir")` (or an sftp location dict plus `mailbox_secrets`) the
+277CA of every accepted 837 batch is dropped there as ``277ca-<batch>.x12``, and `sim.remit()` (GET /x12/835,
+or `simulate_rcm --remit-every N`) drops its 835 as ``835-<trace>.x12``. Each file is written under a
+temporary dot-name and renamed, so a poller never reads half a file. A drop that fails (SFTP down) is kept
+and tried again with the next one.
+
+Replacements and voids (CLM05-3 7 or 8) name the original by its ICN in REF*F8. A void of a known claim voids
+it: not yet remitted, it is never paid; already paid, the next 835 reverses it (CLP02 22). The void itself is
+acknowledged (A2:20) without an ICN of its own, since nothing will be paid on it. A replacement or void whose
+REF*F8 names no claim this payer holds (or one already voided) is rejected in the 277CA (A7:21).
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
+import threading
 from decimal import Decimal, InvalidOperation
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from connectors.simulators.http_base import JsonSimulator, Reply, problem
+
+logger = logging.getLogger(__name__)
 
 X12_PREFIX = "/x12/"
 
@@ -48,8 +64,16 @@ class RcmSimulator(JsonSimulator):
 
     name = "rcm-simulator"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        mailbox: dict[str, Any] | str | None = None,
+        mailbox_secrets: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(host, port)
+        self.mailbox = PayerMailbox(mailbox, secrets=mailbox_secrets) if mailbox else None
         self.claims: dict[str, dict[str, Any]] = {}
         self._by_key: dict[str, str] = {}
         self._sequence = 0
@@ -61,6 +85,8 @@ class RcmSimulator(JsonSimulator):
         self.denied_payers: set[str] = {"DENY01"}
         self.deny_one_in = 10
         self._control = itertools.count(1)
+        # Paid claims a later void took back: the next 835 reverses them.
+        self._reversals: list[dict[str, Any]] = []
 
     @property
     def claim_count(self) -> int:
@@ -149,16 +175,45 @@ class RcmSimulator(JsonSimulator):
             batch_id = f"B{len(self.batches) + 1:06d}"
             batch: dict[str, Any] = {"999": checked.ack_999, "accepted": checked.ok, "claims": claims}
             if checked.ok:
-                for claim in claims:
-                    claim["accepted"] = claim["payer_id"] not in self.rejected_payers
-                    claim["icn"] = f"ICN{batch_id[1:]}{claims.index(claim) + 1:03d}"
+                for number, claim in enumerate(claims, start=1):
+                    claim["icn"] = f"ICN{batch_id[1:]}{number:03d}"
                     claim["remitted"] = False
+                    claim["accepted"] = claim["payer_id"] not in self.rejected_payers
+                    if claim["accepted"] and claim["frequency"] in ("7", "8"):
+                        self._replace(claim)
                 batch["277ca"] = build_277ca(claims, control_number=next(self._control), batch_ref=batch_id)
             self.batches[batch_id] = batch
             self._batch_by_key[key] = batch_id
+        if checked.ok and self.mailbox is not None:
+            self.mailbox.drop(f"277ca-{batch_id}.x12", batch["277ca"])
         return HTTPStatus.OK, checked.ack_999, {"X-Batch-Id": batch_id}
 
-    def _remit(self) -> tuple[int, str, dict]:
+    def _replace(self, claim: dict[str, Any]) -> None:
+        """A replacement (7) or void (8): take the original out of adjudication, or reject the claim."""
+        original = next(
+            (
+                c
+                for b in self.batches.values()
+                for c in b["claims"]
+                if c.get("accepted") and c.get("icn") and c["icn"] == claim["original_icn"]
+            ),
+            None,
+        )
+        if original is None or original.get("voided"):
+            claim["accepted"], claim["reason"] = False, "21"  # missing or invalid information
+            return
+        original["voided"] = True
+        if original.get("remitted") and original.get("adjudicated"):
+            self._reversals.append(_reversal(original["adjudicated"]))
+        original["remitted"] = True  # never paid (again)
+        if claim["frequency"] == "8":
+            claim["icn"] = ""
+            claim["remitted"] = True
+
+    def remit(self) -> str | None:
+        """One 835 for every accepted claim not yet remitted and every reversal due; None when there is none.
+
+        With a mailbox, the 835 is also dropped there (and any earlier drop that failed is tried again)."""
         from connectors.x12.payer import build_835
 
         with self.lock:
@@ -169,14 +224,31 @@ class RcmSimulator(JsonSimulator):
                 for claim in batch["claims"]
                 if claim["accepted"] and not claim["remitted"]
             ]
-            if not due:
-                return HTTPStatus.NO_CONTENT, "", {}
-            lines = [self._adjudicate(claim) for claim in due]
-            number = len(self.remittances) + 1
-            text = build_835(lines, control_number=next(self._control), trace=f"TRC{number:07d}")
-            for claim in due:
-                claim["remitted"] = True
-            self.remittances.append(text)
+            reversals, self._reversals = self._reversals, []
+            if not due and not reversals:
+                text = None
+            else:
+                lines = reversals
+                for claim in due:
+                    claim["adjudicated"] = self._adjudicate(claim)
+                    claim["remitted"] = True
+                    lines.append(claim["adjudicated"])
+                number = len(self.remittances) + 1
+                text = build_835(lines, control_number=next(self._control), trace=f"TRC{number:07d}")
+                self.remittances.append(text)
+        if self.mailbox is not None:
+            if text is not None:
+                self.mailbox.drop(f"835-TRC{number:07d}.x12", text)
+            else:
+                self.mailbox.flush()
+        return text
+
+    def _remit(self) -> tuple[int, str, dict]:
+        text = self.remit()
+        if text is None:
+            return HTTPStatus.NO_CONTENT, "", {}
+        with self.lock:
+            number = self.remittances.index(text) + 1
         return HTTPStatus.OK, text, {"X-Remittance": str(number)}
 
     def _adjudicate(self, claim: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +309,9 @@ class RcmSimulator(JsonSimulator):
 
 
 def _claims_of(doc: Any) -> list[dict[str, Any]]:
-    """The claims of an 837: CLM01, CLM02, the payer (NM1*PR) and the subscriber before them."""
+    """The claims of an 837: CLM01, CLM02, CLM05 (facility and frequency), REF*F8 (the original's ICN), the
+    payer (NM1*PR) and the subscriber before them."""
+    institutional = doc.all("GS")[0].el(8) == "005010X223A2" if doc.all("GS") else False
     claims: list[dict[str, Any]] = []
     payer_id = payer_name = member = name = ""
     for seg in doc.segments:
@@ -246,6 +320,7 @@ def _claims_of(doc: Any) -> list[dict[str, Any]]:
         elif seg.id == "NM1" and seg.el(1) == "IL":
             member, name = seg.el(9), f"{seg.el(4)} {seg.el(3)}".strip()
         elif seg.id == "CLM":
+            frequency = seg.el(5, 3) or "1"
             claims.append(
                 {
                     "claim_id": seg.el(1),
@@ -254,9 +329,76 @@ def _claims_of(doc: Any) -> list[dict[str, Any]]:
                     "payer_name": payer_name,
                     "member_id": member,
                     "name": name,
+                    "frequency": frequency,
+                    "facility_code": seg.el(5, 1),
+                    "bill_type": f"{seg.el(5, 1)}{frequency}" if institutional else "",
+                    "original_icn": "",
                 }
             )
+        elif seg.id == "REF" and seg.el(1) == "F8" and claims:
+            claims[-1]["original_icn"] = seg.el(2)
     return claims
+
+
+def _reversal(paid: dict[str, Any]) -> dict[str, Any]:
+    """An 835 line taking back a paid claim (CLP02 22): every amount negated, the original's ICN."""
+
+    def negated(value: Any) -> str:
+        return str(-Decimal(str(value or 0)))
+
+    return paid | {
+        "status": "22",
+        "amount": negated(paid["amount"]),
+        "paid": negated(paid.get("paid")),
+        "patient_responsibility": negated(paid.get("patient_responsibility")),
+        "adjustments": [(group, reason, negated(amount)) for group, reason, amount in paid["adjustments"]],
+    }
+
+
+class PayerMailbox:
+    """Where the payer's answers go as files: a local folder (created when missing) or an SFTP directory.
+
+    Files are written atomically by the files connector's own transport (temporary dot-name, then rename), so a
+    poller never takes half a file. A drop that fails is kept and tried again by the next drop or flush()."""
+
+    def __init__(
+        self, location: dict[str, Any] | str, *, secrets: dict[str, str] | None = None, timeout: float = 10.0
+    ) -> None:
+        from pathlib import Path
+
+        if isinstance(location, str):
+            location = {"type": "folder", "path": location}
+        if location.get("type", "folder") == "folder":
+            Path(location["path"]).mkdir(parents=True, exist_ok=True)
+        self.location = location
+        self.secrets = secrets
+        self.timeout = timeout
+        self.pending: list[tuple[str, str]] = []
+        self.dropped: list[str] = []
+        self._lock = threading.Lock()
+
+    def drop(self, name: str, text: str) -> None:
+        with self._lock:
+            self.pending.append((name, text))
+        self.flush()
+
+    def flush(self) -> None:
+        from connectors.files.transport import open_transport
+        from healthsync.errors import ConnectorError
+
+        with self._lock:
+            if not self.pending:
+                return
+            try:
+                with open_transport(self.location, timeout=self.timeout, secrets=self.secrets) as transport:
+                    while self.pending:
+                        name, text = self.pending[0]
+                        transport.write(name, text.encode("latin-1"))
+                        self.dropped.append(name)
+                        self.pending.pop(0)
+            except (ConnectorError, OSError) as exc:
+                # The clearinghouse keeps the file and tries again; no PHI in the message.
+                logger.warning("payer mailbox: %d file(s) not delivered yet: %s", len(self.pending), exc)
 
 
 def validate_claim(body: Any) -> list[str]:

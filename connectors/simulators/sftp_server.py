@@ -2,7 +2,8 @@
 
     server = SftpServer("/tmp/drop", username="payroll", password="secret").start()   # port 0: a free one
     server.port, server.host_key      # what a connector config needs (host_key: the public key line)
-    server.connector_config(path="/in")  # a ready sftp location config
+    server.connector_config(path="/in")  # a ready sftp location config (no password)
+    server.secrets()                  # {"sftp_password": …}: what the connector keeps encrypted
     server.stop()
 
 The server is chrooted to `root`: clients see it as "/". A fresh host key is made per server unless one is
@@ -67,15 +68,19 @@ class SftpServer(BackgroundServer):
         return self.key.export_public_key().decode().strip()
 
     def connector_config(self, path: str = "/") -> dict[str, Any]:
+        """An sftp location for a connector's config; the password is not in it (see `secrets()`)."""
         return {
             "type": "sftp",
             "host": self.host,
             "port": self.port,
             "username": self.username,
-            "password": self.password,
             "host_key": self.host_key,
             "path": path,
         }
+
+    def secrets(self) -> dict[str, str]:
+        """The login as a connector's encrypted secrets hold it (connectors.files.transport.SFTP_SECRETS)."""
+        return {"sftp_password": self.password}
 
     def start(self) -> SftpServer:
         if self._thread is not None:

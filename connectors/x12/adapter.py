@@ -20,6 +20,7 @@ the receiver's duplicate check holds.
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -45,13 +46,37 @@ def interchange_for(connector: Connector, delivery: Delivery) -> str:
     kind = str(config.get("claim_type") or "837I")
     try:
         return build_837(
-            delivery.payload or {},
+            claim_for(connector, delivery),
             kind=kind,
             envelope=Envelope.from_config(config.get("x12") or {}),
             control_number=(delivery.pk or 1) % 1_000_000_000 or 1,
         )
     except X12BuildError as exc:
         raise ConnectorError(f"The claim cannot become an {kind}: {exc.message}", permanent=True) from None
+
+
+def claim_for(connector: Connector, delivery: Delivery) -> dict[str, Any]:
+    """The delivery's claim; a replacement or void gets the payer's ICN of the claim it replaces (REF*F8).
+
+    The workflow names the original by its own claim id (over X12: our batch id, which payers never echo), so
+    the ICN comes from the payer's answers (277CA/835, selectors.payer_claim_control_number). Not known yet
+    (the 277CA has not come): a transient error, so the delivery retries once the answer is in.
+    """
+    claim = dict(delivery.payload or {})
+    if str(claim.get("claim_frequency") or "1") not in ("7", "8") or claim.get("payer_claim_control_number"):
+        return claim
+    from connectors.x12.selectors import payer_claim_control_number
+
+    pcn = str(claim.get("patient_control_number") or "")
+    source = connector.system.code if connector.system_id else ""
+    icn = payer_claim_control_number(pcn, source=source)
+    if not icn:
+        what = "void" if claim.get("claim_frequency") == "8" else "replacement"
+        raise ConnectorError(
+            f"The {what} of claim {pcn} waits for the payer's claim control number (its 277CA or 835)"
+        )
+    claim["payer_claim_control_number"] = icn
+    return claim
 
 
 class X12Adapter:
@@ -97,17 +122,69 @@ class X12Adapter:
         if not checked.ok:
             # Our own builder wrote something the implementation guide forbids: a bug or bad claim data.
             raise ConnectorError(f"The 837 fails validation: {checked.summary()}", permanent=True)
-        control = parse(text).header.control_id
+        doc = parse(text)
+        control = doc.header.control_id
+        replaces = next((s.el(2) for s in doc.all("REF") if s.el(1) == "F8"), "")
         config = connector.config or {}
         if config.get("transport", "http") == "file":
             from connectors.files.adapter import write_file
+            from connectors.files.transport import connector_secrets
 
             name = f"{delivery.business_key or 'claim'}-{control}.x12"
             where = write_file(
-                config["file"], name, text.encode("latin-1"), timeout=connector.timeout_seconds
+                config["file"],
+                name,
+                text.encode("latin-1"),
+                timeout=connector.timeout_seconds,
+                secrets=connector_secrets(connector),
             )
-            return SendResult(response={"file": where, "interchange": control}, external_id=control)
-        return _post(connector, delivery, text, control)
+            response = {"file": where, "interchange": control}
+            result = SendResult(response=response, external_id=control)
+        else:
+            result = _post(connector, delivery, text, control)
+        if replaces:
+            # The ICN this claim took back: a later void must not name it again (selectors).
+            result.response["replaces_icn"] = replaces
+        return result
+
+    def test_connection(self, connector: Connector) -> tuple[bool, str]:
+        """Outbound http: does the clearinghouse's host accept connections (nothing is posted); a file drop or
+        an inbound pickup: the files connector's own test (list the folder or SFTP directory)."""
+        config = connector.config or {}
+        if connector.direction == Direction.INBOUND:
+            from connectors.files.adapter import FilesAdapter
+
+            return FilesAdapter().test_connection(connector)
+        if config.get("transport", "http") == "file":
+            return _test_destination(connector, (config.get("file") or {}).get("destination"))
+        url = urlparse(str(config.get("url") or ""))
+        if url.scheme not in ("http", "https") or not url.hostname:
+            return False, "The connector has no http:// or https:// URL"
+        port = url.port or (443 if url.scheme == "https" else 80)
+        where = f"{url.hostname}:{port}"
+        try:
+            with socket.create_connection((url.hostname, port), timeout=min(connector.timeout_seconds, 10)):
+                pass
+        except OSError as exc:
+            return False, f"The clearinghouse at {where} does not accept connections ({exc.strerror or exc})"
+        return True, f"The clearinghouse at {where} accepts connections"
+
+
+def _test_destination(connector: Connector, location: Any) -> tuple[bool, str]:
+    from connectors.files.transport import connector_secrets, open_transport, validate_location
+
+    if validate_location(location):
+        return False, "The connector has no valid file destination"
+    try:
+        with open_transport(
+            location, timeout=connector.timeout_seconds, secrets=connector_secrets(connector)
+        ) as transport:
+            count = len(transport.list(""))
+    except ConnectorError as exc:
+        return False, exc.message
+    except OSError as exc:
+        return False, f"The folder cannot be listed: {exc.strerror or type(exc).__name__}"
+    return True, f"{location.get('type', 'folder')}:{location['path']} lists {count} files"
 
 
 def _post(connector: Connector, delivery: Delivery, text: str, control: str) -> SendResult:

@@ -9,6 +9,10 @@ What the claim does not carry (submitter, receiver, billing provider, addresses)
 i.e. the connector's config. One claim makes one interchange (ISA/GS/ST … SE/GE/IEA) whose control numbers
 the caller chooses, so that a retry of the same delivery sends the same numbers.
 
+A replacement (claim_frequency 7) or void (8) must name the claim it replaces: REF*F8 carries the payer's
+claim control number (the ICN from the 277CA REF*1K or the 835 CLP07), read from the claim's
+`payer_claim_control_number`.
+
 Choices worth knowing: CLM02 is the sum of the service lines actually sent (credit lines are netted into
 nothing: a claim line cannot be negative, so non-positive lines are left out); ICD-10 codes lose their dot;
 an attending id that is not an NPI goes in REF*G2 rather than NM109.
@@ -85,9 +89,10 @@ class Envelope:
             taxonomy="282N00000X",
         )
     )
-    # Claim filing indicator (SBR09) by financial class; CI (commercial) otherwise.
+    # Claim filing indicator (SBR09) by financial class; CI (commercial) otherwise. 5010 dropped 09 (self-pay):
+    # ZZ (mutually defined) is what the guides leave for it.
     filing_indicators: dict[str, str] = field(
-        default_factory=lambda: {"MCR": "MB", "MCD": "MC", "SP": "09", "COM": "CI"}
+        default_factory=lambda: {"MCR": "MB", "MCD": "MC", "SP": "ZZ", "COM": "CI"}
     )
 
     @classmethod
@@ -198,6 +203,13 @@ def _transaction(
     frequency = str(claim.get("claim_frequency") or "1")
     if frequency not in FREQUENCIES:
         raise X12BuildError(f"Claim frequency {frequency!r} is not 1, 7 or 8", field="claim_frequency")
+    original_icn = _clean(str(claim.get("payer_claim_control_number") or ""))[:50]
+    if frequency in ("7", "8") and not original_icn:
+        raise X12BuildError(
+            f"A {'void' if frequency == '8' else 'replacement'} claim needs the payer's claim control number "
+            "of the claim it replaces (REF*F8)",
+            field="payer_claim_control_number",
+        )
     payer = claim.get("payer") or {}
     if not payer.get("id"):
         raise X12BuildError("The claim has no payer id", field="payer.id")
@@ -309,6 +321,8 @@ def _transaction(
         else:
             # Admission type and source are for inpatient stays; the patient status goes on every claim.
             out.append(_seg("CL1", "", "", _status(encounter)))
+        if original_icn:
+            out.append(_seg("REF", "F8", original_icn))
         out += _hi_institutional(diagnoses, inpatient=patient_class == "I")
         out += _attending(encounter.get("attending") or {})
         for number, line in enumerate(lines, start=1):
@@ -334,6 +348,8 @@ def _transaction(
                 "Y",
             )
         )
+        if original_icn:
+            out.append(_seg("REF", "F8", original_icn))
         codes = [_icd(d["code"]) for d in _ordered(diagnoses)][:12]
         out.append(_seg("HI", *[f"{'ABK' if i == 0 else 'ABF'}{COMPONENT}{c}" for i, c in enumerate(codes)]))
         pointers = COMPONENT.join(str(i) for i in range(1, min(len(codes), 4) + 1))

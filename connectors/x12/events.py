@@ -15,6 +15,11 @@ source_ref, correlation, data. What each transaction becomes:
   22 → claim.reversed; 1/2/3/19/20/21 → claim.paid when CLP04 > 0, claim.denied when nothing is paid and a
   payer adjustment (CO/PI/OA) says why, else claim.paid (all patient responsibility).
 
+Every claim event's data names the claim twice: `claim_id` (what the payer calls it, CLM01 as echoed) and
+`patient_control_number` (the same CLM01: the account the workflow knows it by), with the payer's claim
+control number (277CA REF*1K, 835 CLP07) and, where the transaction says it, the claim frequency (277CA
+REF*BLT bill type, 835 CLP09): a void's acknowledgement is not the claim it voids.
+
 Idempotency keys come from the interchange (sender + ISA13) and the claim, so the same file read twice
 emits nothing new.
 """
@@ -102,6 +107,7 @@ def _events_999(doc: X12Document, claims_by_batch: Mapping[str, list[str]]) -> l
                 subject = claim or f"x12-group:{group}"
                 data = {
                     "claim_id": claim,
+                    "patient_control_number": claim,
                     "group_control_number": group,
                     "transaction_control_number": current["control_number"],
                     "ack_code": code,
@@ -154,8 +160,10 @@ def _events_277ca(doc: X12Document) -> list[dict]:
         first = claim["statuses"][0]
         data = {
             "claim_id": claim["claim_id"],
+            "patient_control_number": claim["claim_id"],
             "payer": payer,
             "payer_claim_control_number": claim.get("icn", ""),
+            "claim_frequency": claim.get("bill_type", "")[-1:],
             "status_category": first["category"],
             "status_code": first["code"],
             "statuses": claim["statuses"],
@@ -201,6 +209,8 @@ def _events_277ca(doc: X12Document) -> list[dict]:
             )
         elif seg.id == "REF" and claim is not None and seg.el(1) == "1K":
             claim["icn"] = seg.el(2)
+        elif seg.id == "REF" and claim is not None and seg.el(1) == "BLT":
+            claim["bill_type"] = seg.el(2)
     flush()
     return events
 
@@ -256,7 +266,6 @@ def _events_835(doc: X12Document) -> list[dict]:
             current = None
     if not payer_id:
         payer_id = trn.el(3)
-    payer = {"name": payer_name, "id": payer_id}
     events = [
         _event(
             doc,
@@ -270,7 +279,8 @@ def _events_835(doc: X12Document) -> list[dict]:
                 "credit_debit": bpr.el(3),
                 "payment_method": bpr.el(4),
                 "payment_date": paid_on[:10],
-                "payer": payer,
+                "payer": payer_name,
+                "payer_id": payer_id,
                 "claim_count": len(claims),
                 "claims": [c["claim_id"] for c in claims],
             },
@@ -280,12 +290,15 @@ def _events_835(doc: X12Document) -> list[dict]:
         event_type = _claim_outcome(claim)
         data = {
             "claim_id": claim["claim_id"],
+            "patient_control_number": claim["claim_id"],
+            "claim_frequency": claim["frequency"],
             "status_code": claim["status"],
             "charge_amount": str(claim["charge"]),
             "paid_amount": str(claim["paid"]),
             "patient_responsibility": str(claim["patient_responsibility"]),
             "payer_claim_control_number": claim["payer_claim_control_number"],
-            "payer": payer,
+            "payer": payer_name,
+            "payer_id": payer_id,
             "trace_number": trace,
             "payment_date": paid_on[:10],
             "adjustments": claim["adjustments"],

@@ -1,7 +1,7 @@
 """The payer side of X12, for the RCM simulator and tests: 277CA (005010X214) and 835 (005010X221A1).
 
     build_277ca(claims, control_number=…)   claims: [{claim_id, amount, accepted, reason, payer_id, payer_name,
-                                             member_id, name, icn, service_from, service_to}]
+                                             member_id, name, icn, bill_type, service_from, service_to}]
     build_835(claims, control_number=…, trace=…)  claims: [{claim_id, amount, paid, patient_responsibility,
                                              status, adjustments [(group, reason, amount)], icn, …}]
 
@@ -149,6 +149,9 @@ def build_277ca(
         ]
         if good and claim.get("icn"):
             body.append(_seg("REF", "1K", str(claim["icn"])))
+        if claim.get("bill_type"):
+            # Institutional claims only: facility type + frequency (111 original, 118 void).
+            body.append(_seg("REF", "BLT", str(claim["bill_type"])))
         start, end = claim.get("service_from"), claim.get("service_to")
         if not (isinstance(start, date) and isinstance(end, date)):
             start = end = now.date()

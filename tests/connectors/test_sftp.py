@@ -28,9 +28,9 @@ def server(tmp_path: Path) -> Iterator[SftpServer]:
 
 
 def _location(server: SftpServer, path: str) -> dict[str, object]:
-    """The simulator's location without its password: that is a connector secret."""
+    """The simulator's location: without its password, which is a connector secret."""
     location = server.connector_config(path)
-    del location["password"]
+    assert "password" not in location
     return location
 
 
@@ -90,7 +90,7 @@ def test_send_writes_atomically_over_sftp(server: SftpServer, tmp_path: Path) ->
 
 
 def test_it_refuses_a_server_with_another_host_key(server: SftpServer) -> None:
-    config = server.connector_config("/in")
+    config = server.connector_config("/in") | {"password": server.password}
     config["host_key"] = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
     with pytest.raises(ConnectorError) as caught:
         SftpTransport(config, timeout=5)
@@ -105,7 +105,7 @@ def test_it_refuses_wrong_credentials(server: SftpServer) -> None:
 
 
 def test_an_unreachable_server_is_a_transient_error(server: SftpServer) -> None:
-    config = server.connector_config("/in") | {"port": 9}
+    config = server.connector_config("/in") | {"port": 9, "password": server.password}
     with pytest.raises(ConnectorError) as caught:
         SftpTransport(config, timeout=5)
     assert not caught.value.permanent
@@ -124,7 +124,8 @@ def test_a_missing_sftp_secret_is_a_permanent_error_and_a_legacy_inline_password
     with pytest.raises(ConnectorError) as caught:
         FilesAdapter().send(connector, Delivery(idempotency_key="k1", payload={"records": records}))
     assert caught.value.permanent and "sftp_password" in caught.value.message
-    connector.config["destination"] = server.connector_config("/out")  # written before secrets existed
+    # Written before secrets existed: the password inline in the location.
+    connector.config["destination"] = server.connector_config("/out") | {"password": server.password}
     FilesAdapter().send(connector, Delivery(idempotency_key="k1", payload={"records": records}))
     assert len(list((tmp_path / "sftp" / "out").iterdir())) == 1
 

@@ -87,7 +87,8 @@ def _claim(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("kind", ["837I", "837P"])
 @pytest.mark.parametrize("frequency", ["1", "7", "8"])
 def test_it_builds_an_837_that_pyx12_accepts(kind: str, frequency: str) -> None:
-    text = build_837(_claim(claim_frequency=frequency), kind=kind, control_number=42)
+    original = {"payer_claim_control_number": "ICN000001001"} if frequency != "1" else {}
+    text = build_837(_claim(claim_frequency=frequency, **original), kind=kind, control_number=42)
     checked = validate_x12(text)
     assert checked.ok, checked.summary()
     assert "IK5*A" in checked.ack_999
@@ -96,6 +97,8 @@ def test_it_builds_an_837_that_pyx12_accepts(kind: str, frequency: str) -> None:
     assert doc.get("GS-8") == ("005010X223A2" if kind == "837I" else "005010X222A1")
     assert doc.get("CLM-1") == "ENC1001"
     assert doc.get("CLM-5.3") == frequency
+    # A replacement or void names the payer's ICN of the claim it replaces; an original names none.
+    assert [r.el(2) for r in doc.all("REF") if r.el(1) == "F8"] == (["ICN000001001"] if original else [])
     # The credit line is left out and CLM02 is the sum of the lines sent.
     assert doc.get("CLM-2") == "3250.5"
     assert doc.get_all("LX[*]-1") == ["1", "2"]

@@ -46,5 +46,5 @@ def test_load_demo_routes_claims_as_x12_or_json_and_seeds_the_default_rate() -> 
     call_command("load_demo", "--no-users", "--claims", "x12")
     assert connector_for_operation("submit_claim").code == X12_CLAIMS_CONNECTOR
     assert ReimbursementRate.objects.get(payer_id="*").percent == 80
-    call_command("load_demo", "--no-users")
+    call_command("load_demo", "--no-users", "--claims", "json")
     assert connector_for_operation("submit_claim").code == "rcm-claims"

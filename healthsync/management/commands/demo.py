@@ -56,6 +56,15 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-simulators", action="store_true", help="Start web, worker and listener only."
         )
+        parser.add_argument(
+            "--claims",
+            choices=("x12", "json"),
+            default="x12",
+            help="Claims to the RCM as X12 837I answered by 277CA/835 files (default) or as JSON.",
+        )
+        parser.add_argument(
+            "--remit-every", type=float, default=20.0, help="Seconds between the RCM's 835 remittances."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._lock = threading.Lock()
@@ -78,7 +87,8 @@ class Command(BaseCommand):
         Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)  # whitenoise warns when it is missing
         self.say(f"preparing the database ({settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]})")
         call_command("migrate", interactive=False, verbosity=0)
-        call_command("load_demo", stdout=self.stdout)
+        mailbox = _mailbox_dir(ports["rcm"])
+        call_command("load_demo", "--claims", options["claims"], "--rcm-mailbox", mailbox, stdout=self.stdout)
         inbound = self._point_destinations(host, ports["rcm"], ports["erp"])
         # Safety-net schedules (work is also enqueued on commit), upserted by name.
         ensure_schedules()
@@ -95,7 +105,11 @@ class Command(BaseCommand):
         listener = [*manage, "mllp_listener", "--host", host, "--port", str(ports["mllp"])]
         self._start("mllp", listener + (["--connector", inbound] if inbound else []))
         if not options["no_simulators"]:
-            self._start("rcm", [*manage, "simulate_rcm", "--host", host, "--port", str(ports["rcm"])])
+            rcm = [*manage, "simulate_rcm", "--host", host, "--port", str(ports["rcm"])]
+            if options["claims"] == "x12":
+                # The payer answers as a clearinghouse does: files in a mailbox that rcm-remits-x12 polls.
+                rcm += ["--mailbox", mailbox, "--remit-every", str(options["remit_every"])]
+            self._start("rcm", rcm)
             self._start("erp", [*manage, "simulate_erp", "--host", host, "--port", str(ports["erp"])])
             # The EHR starts once the listener answers, so its first messages are not retries.
             if self._wait_for_port(host, ports["mllp"], "the MLLP listener"):
@@ -244,6 +258,17 @@ class Command(BaseCommand):
         with self._lock:
             self.stdout.write(line)
             self.stdout.flush()
+
+
+def _mailbox_dir(port_rcm: int) -> str:
+    """The payer mailbox of this run: next to the demo's SQLite file (else under var/), one per RCM port so
+    two demos on one machine never read each other's answers."""
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3") and str(database["NAME"]) not in ("", ":memory:"):
+        data_dir = Path(str(database["NAME"])).parent
+    else:
+        data_dir = Path(settings.BASE_DIR) / "var"
+    return str(data_dir / f"rcm-mailbox-{port_rcm}")
 
 
 def _port_in_use(host: str, port: int) -> bool:

@@ -54,9 +54,14 @@ class Command(BaseCommand):
         parser.add_argument(
             "--claims",
             choices=("x12", "json"),
-            default="json",
-            # JSON stays the default until `demo` re-points rcm-claims-x12's url at the chosen RCM port too.
-            help="How claims go to the RCM: the JSON claims API (default) or X12 837I.",
+            default="x12",
+            help="How claims go to the RCM: X12 837I, answered by 277CA/835 files in the payer mailbox "
+            "(default), or the JSON claims API.",
+        )
+        parser.add_argument(
+            "--rcm-mailbox",
+            default="",
+            help="Folder the RCM drops its 277CA and 835 files into (x12; default var/rcm-mailbox).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -66,7 +71,7 @@ class Command(BaseCommand):
 
         seed_reference_config()
         self.stdout.write("Reference systems, connectors, mappings and schemas are loaded.")
-        self._claims_route(options["claims"])
+        self._claims_route(options["claims"], options["rcm_mailbox"])
         if options["no_users"]:
             return
         demo_users_load()
@@ -74,11 +79,17 @@ class Command(BaseCommand):
         for username, _, what in DEMO_USERS:
             self.stdout.write(f"  {username:<9} {what}")
 
-    def _claims_route(self, route: str) -> None:
+    def _claims_route(self, route: str, mailbox: str = "") -> None:
         from decimal import Decimal
+        from pathlib import Path
 
         from healthsync.models import Connector
-        from healthsync.seed_workflows import X12_CLAIMS_CONNECTOR, claims_route_x12
+        from healthsync.seed_workflows import (
+            X12_CLAIMS_CONNECTOR,
+            X12_REMITS_CONNECTOR,
+            claims_route_x12,
+            default_rcm_mailbox,
+        )
         from workflows.discharge_to_bill import DEFAULT_PAYER
         from workflows.models import ReimbursementRate
 
@@ -87,9 +98,17 @@ class Command(BaseCommand):
             payer_id=DEFAULT_PAYER, defaults={"payer_name": "Default", "percent": Decimal("80")}
         )
         if route == "x12":
-            claims_route_x12()
-            self.stdout.write("Claims go to the RCM as X12 837I (rcm-claims-x12).")
+            mailbox = mailbox or default_rcm_mailbox()
+            # The pick-up folder must exist before the first poll, whether or not the RCM has written yet.
+            Path(mailbox).mkdir(parents=True, exist_ok=True)
+            claims_route_x12(mailbox=mailbox)
+            self.stdout.write(
+                f"Claims go to the RCM as X12 837I (rcm-claims-x12); its 277CA and 835 files are picked up "
+                f"from {mailbox} ({X12_REMITS_CONNECTOR})."
+            )
         else:
-            Connector.objects.filter(code=X12_CLAIMS_CONNECTOR).update(is_enabled=False)
+            Connector.objects.filter(code__in=[X12_CLAIMS_CONNECTOR, X12_REMITS_CONNECTOR]).update(
+                is_enabled=False
+            )
             Connector.objects.filter(code="rcm-claims").update(is_enabled=True)
             self.stdout.write("Claims go to the RCM as JSON (rcm-claims).")
