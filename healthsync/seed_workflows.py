@@ -202,7 +202,7 @@ def default_rcm_mailbox() -> str:
     from django.conf import settings
 
     return str(
-        getattr(settings, "HEALTHSYNC_RCM_MAILBOX", "") or Path(settings.BASE_DIR) / "var" / "rcm-mailbox"
+        settings.HEALTHSYNC_RCM_MAILBOX or Path(settings.BASE_DIR) / "var" / "rcm-mailbox"
     )
 
 

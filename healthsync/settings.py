@@ -261,6 +261,8 @@ LOGGING = {
 # Reference destinations of the discharge-to-bill skeleton (the simulators in the demo).
 HEALTHSYNC_RCM_URL = os.getenv("HEALTHSYNC_RCM_URL", "http://127.0.0.1:8101")
 HEALTHSYNC_ERP_URL = os.getenv("HEALTHSYNC_ERP_URL", "http://127.0.0.1:8102")
+# Folder the payer (the RCM simulator in the demo) drops 277CA/835 files into; empty = var/rcm-mailbox.
+HEALTHSYNC_RCM_MAILBOX = os.getenv("HEALTHSYNC_RCM_MAILBOX", "")
 # Seconds after which a message claimed by a worker that never finished it goes back to the queue.
 HEALTHSYNC_CLAIM_TIMEOUT = envint("HEALTHSYNC_CLAIM_TIMEOUT", "900")
 # Retention (days) when no RetentionPolicy row applies; runtime bookkeeping; the largest replay one request may ask.
