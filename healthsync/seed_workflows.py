@@ -201,9 +201,7 @@ def default_rcm_mailbox() -> str:
     """The folder the payer drops 277CA and 835 files into (HEALTHSYNC_RCM_MAILBOX, else var/rcm-mailbox)."""
     from django.conf import settings
 
-    return str(
-        settings.HEALTHSYNC_RCM_MAILBOX or Path(settings.BASE_DIR) / "var" / "rcm-mailbox"
-    )
+    return str(settings.HEALTHSYNC_RCM_MAILBOX or Path(settings.BASE_DIR) / "var" / "rcm-mailbox")
 
 
 @transaction.atomic
