@@ -819,7 +819,9 @@ def on_claim_accepted(event: CanonicalEvent) -> None:
     run = _run_for_claim(event)
     if run is None:
         return
-    _step(run, "claim_accepted", event.occurred_at, event=event, note=str(event.data.get("status_code", "")))
+    # The payer's acknowledgement of our void (frequency 8) is not the claim being accepted again.
+    step = "void_accepted" if str(event.data.get("claim_frequency") or "") == "8" else "claim_accepted"
+    _step(run, step, event.occurred_at, event=event, note=str(event.data.get("status_code", "")))
     run.save()
 
 
@@ -847,6 +849,10 @@ def on_claim_denied(event: CanonicalEvent) -> None:
     _step(run, "denied", event.occurred_at, event=event, note=", ".join(codes))
     # Nothing (or only the patient's share) will come from the payer: the forecast is trued up to that.
     _settle_forecast(run, event.data, event=event)
+    trace = str(event.data.get("trace_number") or "")
+    if trace:
+        # A denial posts no cash, yet it settles its line of the remittance all the same.
+        _remittance_settled(trace, denied=str(event.data.get("claim_id") or run.business_key))
     _raise(
         run,
         ExceptionKind.DESTINATION_REJECTED,
@@ -920,6 +926,17 @@ def on_remittance_received(event: CanonicalEvent) -> None:
 
 
 def _remittance_posted(trace: str, delivery: Delivery) -> None:
+    _remittance_settled(trace, posted=delivery.external_id, delivery=delivery)
+
+
+def _remittance_settled(
+    trace: str, *, posted: str = "", denied: str = "", delivery: Delivery | None = None
+) -> None:
+    """One claim line of the remittance is settled: its cash posted to the ERP, or the claim denied.
+
+    The remittance run completes once every claim it carries is settled, so an 835 with a denial in it
+    does not stay open for ever waiting for cash that will never be posted.
+    """
     run = (
         WorkflowRun.objects.select_for_update()
         .filter(workflow=REMITTANCE_WORKFLOW, business_key=trace)
@@ -927,12 +944,15 @@ def _remittance_posted(trace: str, delivery: Delivery) -> None:
     )
     if run is None:
         return
-    posted = run.context.setdefault("posted", [])
-    if delivery.external_id not in posted:
-        posted.append(delivery.external_id)
+    for name, value in (("posted", posted), ("denied", denied)):
+        done = run.context.setdefault(name, [])
+        if value and value not in done:
+            done.append(value)
+    posted_ids, denied_ids = run.context["posted"], run.context["denied"]
     expected = int(run.context.get("claim_count") or 1)
-    if len(posted) >= expected:
-        _step(run, "posted", timezone.now(), delivery=delivery, note=", ".join(posted))
+    if len(posted_ids) + len(denied_ids) >= expected and run.status != RunStatus.COMPLETED:
+        note = ", ".join(posted_ids) + (f"; denied {', '.join(denied_ids)}" if denied_ids else "")
+        _step(run, "posted", timezone.now(), delivery=delivery, note=note)
         run.status = RunStatus.COMPLETED
         run.completed_at = run.completed_at or timezone.now()
     run.save()

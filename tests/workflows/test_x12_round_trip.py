@@ -93,6 +93,10 @@ def test_a_denial_in_the_835_raises_the_denial_exception(sims: tuple) -> None:
     item = ExceptionItem.objects.open().get(business_key="V1001")
     assert item.kind == ExceptionKind.DESTINATION_REJECTED
     assert "denied" in item.reason and "CO-50" in item.reason
+    # A denial posts no cash, yet it settles the remittance: the 835's run does not stay open for ever.
+    remittance = _run("TRC0000001", "remittance")
+    assert remittance.status == RunStatus.COMPLETED
+    assert remittance.context["denied"] and not remittance.context["posted"]
 
 
 def test_a_cancelled_discharge_voids_the_claim_by_its_payer_icn(sims: tuple) -> None:
@@ -107,7 +111,8 @@ def test_a_cancelled_discharge_voids_the_claim_by_its_payer_icn(sims: tuple) -> 
     assert (claim["frequency"], claim["original_icn"], claim["accepted"]) == ("8", "ICN000001001", True)
     assert rcm.batches["B000001"]["claims"][0]["voided"]
     assert "claim_voided" in _steps(_run())
-    _answers(remits)  # the void's 277CA
+    _answers(remits)  # the void's 277CA: the void accepted, not the claim accepted a second time
+    assert "void_accepted" in _steps(_run()) and "claim_accepted" not in _steps(_run())
     assert rcm.remit() is None  # nothing left to pay
     assert not ExceptionItem.objects.open().exists()
 
