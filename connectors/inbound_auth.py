@@ -1,4 +1,5 @@
-"""Who is calling an inbound HTTP endpoint (FHIR, REST/JSON): a DRF token, or the connector's own API key.
+"""Who is calling an inbound HTTP endpoint (FHIR, REST/JSON): an API client's token with the inbound:write
+scope, a DRF token, or the connector's own API key.
 
 One place for the check, so both endpoints accept the same credentials and compare secrets the same way
 (in constant time, the secret never logged). The endpoints look the connector up first, because the API key
@@ -30,19 +31,15 @@ def key_header_for(connector: Connector) -> str:
 
 
 def caller(request: HttpRequest, connector: Connector, *, endpoint: str = "inbound") -> str:
-    """Who is calling ("token:<username>" or "api-key"), or "" when the credentials do not check out.
+    """Who is calling ("client:<name>", "token:<username>" or "api-key"), or "" when the credentials fail.
 
     The caller, not the peer address, is the message's sender: a retry through another proxy node must
     still be recognised as the same message. `endpoint` only names the endpoint in the log.
     """
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Token "):
-        from rest_framework.authtoken.models import Token
-
-        token = Token.objects.select_related("user").filter(key=header[6:].strip()).first()
-        if token is None or not token.user.is_active:
-            return ""
-        return f"token:{token.user.get_username()}"
+    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+    credential = credential.strip()
+    if scheme.lower() in ("bearer", "token") and credential:
+        return _token_caller(scheme, credential)
     offered = request.headers.get(key_header_for(connector), "")
     if not offered:
         return ""
@@ -54,6 +51,30 @@ def caller(request: HttpRequest, connector: Connector, *, endpoint: str = "inbou
     if expected and hmac.compare_digest(offered.encode(), expected.encode()):
         return "api-key"
     return ""
+
+
+def _token_caller(scheme: str, credential: str) -> str:
+    """An API client's token with the inbound:write scope ("client:<name>"), else a DRF token ("token:<user>").
+
+    API clients are issued on the console's API clients page, each narrowed to its scopes: a client made to
+    read KPIs cannot deliver messages. A DRF token is an administrator's deliberate grant to a service user.
+    """
+    from healthsync.api.tokens import token_digest
+    from healthsync.choices import ApiScope
+    from healthsync.models import ApiClient
+
+    client = ApiClient.objects.select_related("owner").filter(token_hash=token_digest(credential)).first()
+    if client is not None:
+        allowed = client.is_active and client.owner.is_active and client.has_scope(ApiScope.INBOUND_WRITE)
+        return f"client:{client.name}" if allowed else ""
+    if scheme != "Token":
+        return ""
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.select_related("user").filter(key=credential).first()
+    if token is None or not token.user.is_active:
+        return ""
+    return f"token:{token.user.get_username()}"
 
 
 class InboundCredentials(BaseAuthentication):
@@ -80,7 +101,8 @@ class InboundCredentialsScheme(OpenApiAuthenticationExtension):
                 "type": "apiKey",
                 "in": "header",
                 "name": "Authorization",
-                "description": 'A Django REST framework token, with the prefix "Token ".',
+                "description": 'An API client token with the inbound:write scope ("Bearer <token>"), or a '
+                'Django REST framework token ("Token <key>").',
             },
             {
                 "type": "apiKey",

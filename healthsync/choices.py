@@ -174,6 +174,7 @@ class ApiScope(models.TextChoices):
     EXCEPTIONS_READ = "exceptions:read", "Exceptions: read"
     EXCEPTIONS_WRITE = "exceptions:write", "Exceptions: assign, comment, resolve, retry"
     KPIS_READ = "kpis:read", "KPIs: read"
+    INBOUND_WRITE = "inbound:write", "Inbound endpoints: deliver messages (FHIR, REST/JSON)"
 
 
 class AlertKind(models.TextChoices):

@@ -471,3 +471,34 @@ def test_an_engineer_sets_up_an_inbound_connector_in_the_console_and_a_caller_de
     assert response.status_code == 202
     message = Message.objects.get(pk=response.json()["message_id"])
     assert (message.message_type, message.control_id) == ("claim_status", "277-1")
+
+
+def test_an_api_client_token_needs_the_inbound_write_scope(connector: Connector) -> None:
+    from healthsync.api.tokens import api_client_create
+    from healthsync.choices import ApiScope, SystemKind
+
+    owner = User.objects.create_user("erp-owner")
+    admin = User.objects.create_superuser("api-admin", "api-admin@example.org", "not-used-in-tests")
+    partner = System.objects.create(code="erp-partner", name="ERP partner", kind=SystemKind.SAAS)
+
+    def issue(name: str, scopes: list[str]) -> str:
+        return api_client_create(
+            name=name, system=partner, owner=owner, scopes=scopes, rate_limit_per_minute=100, actor=admin
+        )[1]
+
+    def bearer(payload: bytes, token: str) -> Any:  # no API key: the token alone must do
+        return Client().post(
+            URL, payload, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
+        )
+
+    reader = issue("kpi-reader", [ApiScope.KPIS_READ])
+    problem_of(bearer(body(), reader), 401)
+    assert not Message.objects.exists()
+
+    writer_client_token = issue("erp-pusher", [ApiScope.INBOUND_WRITE])
+    assert bearer(body(), writer_client_token).status_code == 202
+    assert Message.objects.get().sender == "client:erp-pusher"
+
+    owner.is_active = False
+    owner.save()
+    problem_of(bearer(body(id="INV-2"), writer_client_token), 401)
