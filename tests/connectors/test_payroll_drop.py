@@ -88,11 +88,8 @@ def test_the_drop_catches_up_to_the_current_month_then_waits_for_the_next(tmp_pa
     ]
     today[0] = date(2026, 3, 1)
     assert drop.tick() == ["payroll-2026-03.csv"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"payroll-{m}.csv" for m in drop_months()]
-
-
-def drop_months() -> list[str]:
-    return ["2025-12", "2026-01", "2026-02", "2026-03"]
+    months = ["2025-12", "2026-01", "2026-02", "2026-03"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"payroll-{m}.csv" for m in months]
 
 
 @pytest.mark.django_db
