@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 
 from connectors.files.transport import open_transport
 from connectors.simulators.erp import ErpSimulator
@@ -25,7 +26,7 @@ from connectors.simulators.payroll import ALLOCATION_RULES, DEPARTMENTS, Payroll
 from connectors.simulators.sftp_server import SftpServer
 from healthsync.choices import MessageStatus, RunStatus
 from healthsync.jobs import job_run
-from healthsync.models import ExceptionItem, Message, SyncJobRun
+from healthsync.models import Connector, ExceptionItem, Message, SyncJobRun
 from healthsync.pipeline import process_pending
 from healthsync.seed_workflows import PAYROLL_CONNECTOR, payroll_route
 from tests.pipeline_support import commits
@@ -184,3 +185,31 @@ def test_simulate_sftp_serves_the_drop_and_the_payroll_system_uploads_to_it(tmp_
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         reader.join(5)
+
+
+@pytest.mark.django_db
+def test_load_demo_points_the_payroll_connector_at_a_folder_or_the_demos_sftp_drop(
+    sftp: SftpServer, tmp_path: Path
+) -> None:
+    call_command("load_demo", "--no-users", "--payroll-drop", str(tmp_path / "drop"), stdout=io.StringIO())
+    connector = Connector.objects.get(code=PAYROLL_CONNECTOR)
+    assert connector.is_enabled and connector.config["source"] == {
+        "type": "folder",
+        "path": str(tmp_path / "drop"),
+    }
+    assert (tmp_path / "drop").is_dir()
+
+    # As `demo` calls it: the SFTP location in the config, the password only in the encrypted secrets.
+    location = sftp.connector_config("/payroll")
+    out = io.StringIO()
+    call_command(
+        "load_demo", "--no-users", payroll_source=location, payroll_secrets=sftp.secrets(), stdout=out
+    )
+    connector = Connector.objects.get(code=PAYROLL_CONNECTOR)
+    assert connector.config["source"] == location and connector.secrets == sftp.secrets()
+    assert f"sftp://127.0.0.1:{sftp.port}/payroll" in out.getvalue()
+    rules = AllocationRule.objects.count()
+    assert rules == sum(len(targets) for targets in ALLOCATION_RULES.values())
+    call_command("load_demo", "--no-users", payroll_source=location, stdout=io.StringIO())
+    assert AllocationRule.objects.count() == rules
+    assert Connector.objects.get(code=PAYROLL_CONNECTOR).secrets == sftp.secrets()  # kept when none is given
