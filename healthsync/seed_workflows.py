@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 
-from healthsync.choices import Direction, Lane, Protocol, Transform
+from healthsync.choices import Direction, Lane, Protocol, SystemKind, Transform
 from healthsync.models import Connector, System
 from healthsync.seed import rule_spec, seed_mappings, seed_schemas
 
@@ -289,6 +289,74 @@ def remits_route_x12(
             direction=Direction.INBOUND,
             protocol=Protocol.X12,
             lane=Lane.FINANCIAL,
+        )
+    connector.config = {**(connector.config or {}), **config}
+    connector.is_enabled = True
+    if secrets:
+        connector.secrets = secrets
+    connector.save()
+    return connector
+
+
+PAYROLL_SYSTEM = "payroll"
+PAYROLL_CONNECTOR = "payroll-drop"
+# The payroll file as the labour workflow reads it (workflows/labour.py); the payroll system's extra columns
+# (facility, hours) are kept in the message but not required.
+PAYROLL_LAYOUT: dict[str, Any] = {
+    "format": "csv",
+    "fields": [
+        {"name": "employee_id", "required": True},
+        {"name": "department", "required": True},
+        {"name": "period", "required": True},
+        {"name": "gross_pay", "type": "decimal", "required": True},
+        {"name": "employer_taxes", "type": "decimal"},
+        {"name": "benefits", "type": "decimal"},
+    ],
+}
+
+
+def default_payroll_drop() -> str:
+    """The folder payroll files are dropped into when no SFTP server is given (var/payroll-drop)."""
+    from django.conf import settings
+
+    return str(Path(settings.BASE_DIR) / "var" / "payroll-drop")
+
+
+@transaction.atomic
+def payroll_route(
+    *, source: dict[str, Any] | str | None = None, secrets: dict[str, str] | None = None
+) -> Connector:
+    """Pick payroll files up from the payroll system's drop: an enabled inbound files connector.
+
+    `source` is a folder path or a files location (sftp: its password goes in `secrets`, encrypted, never in
+    the config); the default is default_payroll_drop(). The files-poll job stores each ``*.csv`` as one
+    payroll_allocation message, whose mapping emits payroll.file_received; the labour-allocation batch window
+    then posts the period's journal. The payroll system writes under a temporary dot-name and renames
+    (ready: temp_name), so a file is taken on the first poll that sees it.
+    """
+    if source is None or isinstance(source, str):
+        source = {"type": "folder", "path": source or default_payroll_drop()}
+    config = {
+        "source": source,
+        "pattern": "*.csv",
+        "ready": "temp_name",
+        "archive_dir": "archive",
+        "error_dir": "error",
+        "message_type": "payroll_allocation",
+        "layout": PAYROLL_LAYOUT,
+    }
+    system, _ = System.objects.get_or_create(
+        code=PAYROLL_SYSTEM, defaults={"name": "Payroll", "kind": SystemKind.SAAS}
+    )
+    connector = Connector.objects.filter(code=PAYROLL_CONNECTOR).first()
+    if connector is None:
+        connector = Connector(
+            system=system,
+            code=PAYROLL_CONNECTOR,
+            name="Payroll files (labour cost)",
+            direction=Direction.INBOUND,
+            protocol=Protocol.FILE,
+            lane=Lane.BATCH,
         )
     connector.config = {**(connector.config or {}), **config}
     connector.is_enabled = True

@@ -27,6 +27,8 @@ from healthsync.management.commands.load_demo import DEMO_PASSWORD
 pytestmark = pytest.mark.slow
 
 DEADLINE_SECONDS = 90
+# The payroll file waits for the worker's scheduler: the files-poll job, then the labour window (1 min each).
+PAYROLL_DEADLINE_SECONDS = 240
 
 
 def _free_ports(count: int) -> list[int]:
@@ -42,7 +44,7 @@ class Demo:
 
     def __init__(self, tmp_path: Path, *extra: str, web_port: int | None = None) -> None:
         self.db = tmp_path / "db.sqlite3"
-        self.web, self.mllp, self.rcm, self.erp = _free_ports(4)
+        self.web, self.mllp, self.rcm, self.erp, self.sftp = _free_ports(5)
         self.web = web_port or self.web
         env = {**os.environ, "DATABASE_URL": f"sqlite:///{self.db}", "PYTHONUNBUFFERED": "1"}
         env.pop("Q_SYNC", None)
@@ -53,6 +55,7 @@ class Demo:
                 "demo",
                 *("--port-web", str(self.web), "--port-mllp", str(self.mllp)),
                 *("--port-rcm", str(self.rcm), "--port-erp", str(self.erp)),
+                *("--port-sftp", str(self.sftp)),
                 *("--rate", "25", "--missing-share", "0.3"),
                 *extra,
             ],
@@ -85,6 +88,10 @@ class Demo:
                 return conn.execute(sql).fetchone()[0]
         except sqlite3.OperationalError:  # not migrated yet, or the file does not exist yet
             return 0
+
+    def text(self, sql: str) -> str:
+        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5) as conn:
+            return str(conn.execute(sql).fetchone()[0])
 
     def kill(self) -> None:
         for pid in [*self.children().values(), self.proc.pid]:
@@ -132,7 +139,8 @@ def test_the_demo_runs_the_whole_flow_and_stops_cleanly_on_ctrl_c(demo: Demo) ->
     deadline = time.monotonic() + DEADLINE_SECONDS
 
     _wait_for(demo, "the demo to be ready", lambda: "ready: console" in demo.output, deadline)
-    assert set(demo.children()) == {"web", "worker", "mllp", "rcm", "erp", "ehr"}
+    assert set(demo.children()) == {"web", "worker", "mllp", "rcm", "erp", "ehr", "sftp"}
+    assert f"payroll SFTP drop on 127.0.0.1:{demo.sftp}" in demo.output
     _wait_for(
         demo,
         "processed messages with canonical events",
@@ -163,6 +171,22 @@ def test_the_demo_runs_the_whole_flow_and_stops_cleanly_on_ctrl_c(demo: Demo) ->
     finally:
         executive.close()
         analyst.close()
+
+    # The payroll system's file crosses the SFTP drop, the files-poll job and the labour window to the ERP.
+    _wait_for(
+        demo,
+        "a labour cost journal posted from a payroll file",
+        lambda: (
+            demo.count(
+                "select count(*) from workflows_workflowstep s join workflows_workflowrun r on r.id = s.run_id"
+                " where r.workflow = 'labour_allocation' and s.step = 'journal_posted'"
+            )
+            > 0
+        ),
+        time.monotonic() + PAYROLL_DEADLINE_SECONDS,
+    )
+    config = demo.text("select config from healthsync_connector where code = 'payroll-drop'")
+    assert '"type": "sftp"' in config and "password" not in config  # the login is an encrypted secret
 
     control_id = uuid.uuid4().hex[:20].upper()
     with MLLPClient("127.0.0.1", demo.mllp) as client:

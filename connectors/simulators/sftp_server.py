@@ -140,6 +140,24 @@ class SftpServer(BackgroundServer):
         self._loop = None
 
 
+def host_key_from_file(path: str) -> asyncssh.SSHKey:
+    """The private host key kept in `path`, made (ed25519, owner-only) the first time.
+
+    A server that restarts with the same key keeps the connectors that trust it working; the key file must
+    stay outside the served root, or any client could download it.
+    """
+    import os
+
+    if os.path.exists(path):
+        return asyncssh.read_private_key(path)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(key.export_private_key())
+    return key
+
+
 def main() -> None:  # pragma: no cover - manual use: python -m connectors.simulators.sftp_server
     import os
 

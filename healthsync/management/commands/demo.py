@@ -1,4 +1,4 @@
-"""Run the whole demo with one command: web console, worker, MLLP listener and the three reference systems.
+"""Run the whole demo with one command: web console, worker, MLLP listener and the reference systems.
 
 A small supervisor: it prepares the database, starts each process as a child with its output prefixed,
 stops them all on Ctrl-C or SIGTERM, and stops them all as well if one of them dies on its own.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -17,19 +18,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections, connections
 
+from connectors.management.commands.simulate_sftp import PASSWORD_ENV
 from healthsync.choices import Direction, Protocol, SystemKind
 from healthsync.management.commands.load_demo import DEMO_PASSWORD
 from healthsync.tasks import ensure_schedules
 
+if TYPE_CHECKING:
+    from connectors.simulators.sftp_server import SftpServer
+
 STOP_TIMEOUT = 15.0
-STOP_ORDER = [{"ehr"}, {"mllp"}, {"worker"}, {"rcm", "erp"}, {"web"}]
+STOP_ORDER = [{"ehr"}, {"mllp"}, {"worker"}, {"rcm", "erp", "sftp"}, {"web"}]
+PAYROLL_PATH = "/payroll"
+# The demo's own schedule for the labour batch window (production keeps its daily HEALTHSYNC_LABOUR_WINDOW):
+# not "job:"-prefixed, so jobs_sync_schedules() leaves it alone.
+DEMO_LABOUR_SCHEDULE = "demo:labour-allocation"
 
 
 @dataclass
@@ -51,6 +60,7 @@ class Command(BaseCommand):
         parser.add_argument("--port-mllp", type=int, default=2575)
         parser.add_argument("--port-rcm", type=int, default=8101)
         parser.add_argument("--port-erp", type=int, default=8102)
+        parser.add_argument("--port-sftp", type=int, default=8122, help="The payroll SFTP drop.")
         parser.add_argument("--rate", type=float, default=2.0, help="EHR messages per second.")
         parser.add_argument("--missing-share", type=float, default=0.2)
         parser.add_argument(
@@ -65,6 +75,18 @@ class Command(BaseCommand):
         parser.add_argument(
             "--remit-every", type=float, default=20.0, help="Seconds between the RCM's 835 remittances."
         )
+        parser.add_argument(
+            "--payroll-every",
+            type=float,
+            default=120.0,
+            help="Seconds between payroll files on the SFTP drop (one monthly period each, up to this month).",
+        )
+        parser.add_argument(
+            "--labour-every",
+            type=int,
+            default=1,
+            help="Minutes between runs of the labour batch window in the demo (0: only its daily window).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._lock = threading.Lock()
@@ -74,24 +96,44 @@ class Command(BaseCommand):
             raise CommandError("--rate must be positive")
         if not 0 <= options["missing_share"] <= 1:
             raise CommandError("--missing-share must be between 0 and 1")
+        if options["payroll_every"] <= 0:
+            raise CommandError("--payroll-every must be a positive number of seconds")
+        if options["labour_every"] < 0:
+            raise CommandError("--labour-every must be 0 or a number of minutes")
         host = options["host"]
-        ports = {k: options[f"port_{k}"] for k in ("web", "mllp", "rcm", "erp")}
-        wanted = ["web", "mllp"] + ([] if options["no_simulators"] else ["rcm", "erp"])
+        ports = {k: options[f"port_{k}"] for k in ("web", "mllp", "rcm", "erp", "sftp")}
+        wanted = ["web", "mllp"] + ([] if options["no_simulators"] else ["rcm", "erp", "sftp"])
         busy = [f"{k} ({ports[k]})" for k in wanted if _port_in_use(host, ports[k])]
         if busy:
             raise CommandError(
                 f"Port(s) already in use on {host}: {', '.join(busy)}. Is another demo running? "
-                "Choose others with --port-web/--port-mllp/--port-rcm/--port-erp."
+                "Choose others with --port-web/--port-mllp/--port-rcm/--port-erp/--port-sftp."
             )
 
         Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)  # whitenoise warns when it is missing
         self.say(f"preparing the database ({settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]})")
         call_command("migrate", interactive=False, verbosity=0)
-        mailbox = _mailbox_dir(ports["rcm"])
-        call_command("load_demo", "--claims", options["claims"], "--rcm-mailbox", mailbox, stdout=self.stdout)
+        mailbox = str(_data_dir() / f"rcm-mailbox-{ports['rcm']}")
+        payroll: dict[str, Any] = {}
+        if not options["no_simulators"]:
+            drop = _payroll_drop(host, ports["sftp"])
+            payroll = {
+                "payroll_source": drop.connector_config(PAYROLL_PATH),
+                "payroll_secrets": drop.secrets(),
+            }
+        call_command(
+            "load_demo",
+            "--claims",
+            options["claims"],
+            "--rcm-mailbox",
+            mailbox,
+            stdout=self.stdout,
+            **payroll,
+        )
         inbound = self._point_destinations(host, ports["rcm"], ports["erp"])
         # Safety-net schedules (work is also enqueued on commit), upserted by name.
         ensure_schedules()
+        self._labour_window(options["labour_every"] if payroll else 0)
         close_old_connections()
         for conn in connections.all():
             conn.close()
@@ -101,6 +143,13 @@ class Command(BaseCommand):
 
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         self._start("web", [*manage, "runserver", f"{host}:{ports['web']}", "--noreload"])
+        if payroll:
+            # Up before the worker, whose first files-poll would otherwise find the payroll drop unreachable.
+            sftp = [*manage, "simulate_sftp", "--host", host, "--port", str(ports["sftp"])]
+            sftp += ["--root", drop.root, "--host-key", _host_key_file(ports["sftp"])]
+            sftp += ["--payroll-every", str(options["payroll_every"]), "--payroll-path", PAYROLL_PATH]
+            self._start("sftp", sftp, env={PASSWORD_ENV: drop.password})
+            self._wait_for_port(host, ports["sftp"], "the SFTP drop")
         self._start("worker", [*manage, "qcluster"])
         listener = [*manage, "mllp_listener", "--host", host, "--port", str(ports["mllp"])]
         self._start("mllp", listener + (["--connector", inbound] if inbound else []))
@@ -119,7 +168,9 @@ class Command(BaseCommand):
         if self._wait_for_port(host, ports["web"], "the web console"):
             self.say(
                 f"ready: console http://{host}:{ports['web']}/ (demo users in README.md, password "
-                f"{DEMO_PASSWORD}); MLLP on {host}:{ports['mllp']}. Ctrl-C stops everything."
+                f"{DEMO_PASSWORD}); MLLP on {host}:{ports['mllp']}"
+                + (f"; payroll SFTP drop on {host}:{ports['sftp']}" if payroll else "")
+                + ". Ctrl-C stops everything."
             )
 
         failed = self._supervise()
@@ -130,10 +181,10 @@ class Command(BaseCommand):
 
     # -- processes ---------------------------------------------------------------------------------
 
-    def _start(self, name: str, argv: list[str]) -> None:
+    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         if self._stop.is_set():
             return
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         # Each child leads its own process group: Ctrl-C in the terminal reaches only the supervisor,
         # which then stops the children in order, and a stuck child is killed with everything it forked.
         proc = subprocess.Popen(
@@ -249,6 +300,32 @@ class Command(BaseCommand):
                 self.say(f"{connector.code} now delivers to {host}:{ports[connector.system.kind]}")
         return inbound
 
+    def _labour_window(self, minutes: int) -> None:
+        """Run the labour batch window every `minutes` so the demo's payroll files post within minutes.
+
+        Production allocates once a day (HEALTHSYNC_LABOUR_WINDOW); the demo adds its own schedule running
+        the same job, so each run is recorded like the nightly one. 0 removes it.
+        """
+        from django_q.models import Schedule
+
+        schedules = Schedule.objects.filter(name=DEMO_LABOUR_SCHEDULE)
+        if not minutes:
+            schedules.delete()
+            return
+        wanted = {
+            "func": "healthsync.jobs.job_run",
+            "args": repr("labour-allocation"),
+            "schedule_type": Schedule.MINUTES,
+            "minutes": minutes,
+            "repeats": -1,
+        }
+        schedule = schedules.order_by("id").first()
+        if schedule is None:
+            Schedule.objects.create(name=DEMO_LABOUR_SCHEDULE, **wanted)
+        else:
+            Schedule.objects.filter(pk=schedule.pk).update(**wanted)
+        self.say(f"the labour batch window runs every {minutes} min in the demo (daily in production)")
+
     # -- output ------------------------------------------------------------------------------------
 
     def say(self, text: str) -> None:
@@ -260,15 +337,35 @@ class Command(BaseCommand):
             self.stdout.flush()
 
 
-def _mailbox_dir(port_rcm: int) -> str:
-    """The payer mailbox of this run: next to the demo's SQLite file (else under var/), one per RCM port so
-    two demos on one machine never read each other's answers."""
+def _data_dir() -> Path:
+    """Where this run keeps its files (payer mailbox, SFTP drop): next to the demo's SQLite file, else var/.
+
+    Each is named after its port, so two demos on one machine never read each other's files."""
     database = settings.DATABASES["default"]
     if database["ENGINE"].endswith("sqlite3") and str(database["NAME"]) not in ("", ":memory:"):
-        data_dir = Path(str(database["NAME"])).parent
-    else:
-        data_dir = Path(settings.BASE_DIR) / "var"
-    return str(data_dir / f"rcm-mailbox-{port_rcm}")
+        return Path(str(database["NAME"])).parent
+    return Path(settings.BASE_DIR) / "var"
+
+
+def _host_key_file(port_sftp: int) -> str:
+    # Outside the served root: an SFTP client must not be able to download the server's private key.
+    return str(_data_dir() / f"sftp-{port_sftp}-host-key")
+
+
+def _payroll_drop(host: str, port_sftp: int) -> SftpServer:
+    """The payroll SFTP drop of this run, not started (the `sftp` child serves it): its root, host key and a
+    fresh password, which the payroll connector keeps as an encrypted secret."""
+    from connectors.simulators.sftp_server import SftpServer, host_key_from_file
+
+    root = _data_dir() / f"sftp-{port_sftp}"
+    (root / PAYROLL_PATH.strip("/")).mkdir(parents=True, exist_ok=True)
+    return SftpServer(
+        str(root),
+        "127.0.0.1" if host in ("0.0.0.0", "") else host,  # where the worker connects to
+        port_sftp,
+        password=secrets.token_urlsafe(18),
+        host_key=host_key_from_file(_host_key_file(port_sftp)),
+    )
 
 
 def _port_in_use(host: str, port: int) -> bool:

@@ -48,6 +48,8 @@ def demo_users_load() -> list[User]:
 
 class Command(BaseCommand):
     help = "Load the demo configuration and users (idempotent). Refuses to run in production."
+    # From `demo` only (call_command): the payroll SFTP location and its password, never on a command line.
+    stealth_options = ("payroll_source", "payroll_secrets")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--no-users", action="store_true", help="Load the configuration only.")
@@ -63,6 +65,11 @@ class Command(BaseCommand):
             default="",
             help="Folder the RCM drops its 277CA and 835 files into (x12; default var/rcm-mailbox).",
         )
+        parser.add_argument(
+            "--payroll-drop",
+            default="",
+            help="Folder the payroll system drops its files into (default var/payroll-drop; `demo` uses SFTP).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if settings.PRODUCTION:
@@ -72,12 +79,40 @@ class Command(BaseCommand):
         seed_reference_config()
         self.stdout.write("Reference systems, connectors, mappings and schemas are loaded.")
         self._claims_route(options["claims"], options["rcm_mailbox"])
+        self._payroll_route(
+            options.get("payroll_source") or options["payroll_drop"], options.get("payroll_secrets")
+        )
         if options["no_users"]:
             return
         demo_users_load()
         self.stdout.write(f"Demo users (password for all: {DEMO_PASSWORD}):")
         for username, _, what in DEMO_USERS:
             self.stdout.write(f"  {username:<9} {what}")
+
+    def _payroll_route(self, source: dict[str, Any] | str, secrets: dict[str, str] | None) -> None:
+        from pathlib import Path
+
+        from connectors.simulators.payroll import ALLOCATION_RULES
+        from healthsync.seed_workflows import PAYROLL_CONNECTOR, default_payroll_drop, payroll_route
+        from workflows.models import AllocationRule
+
+        # The demo payroll's departments, split to cost centres; rules someone has edited are left alone.
+        for department, targets in ALLOCATION_RULES.items():
+            for cost_center, share in targets:
+                AllocationRule.objects.get_or_create(
+                    department=department, cost_center=cost_center, defaults={"share": share}
+                )
+        if isinstance(source, dict):
+            payroll_route(source=source, secrets=secrets)
+            where = f"sftp://{source.get('host')}:{source.get('port')}{source.get('path')}"
+        else:
+            where = source or default_payroll_drop()
+            Path(where).mkdir(parents=True, exist_ok=True)
+            payroll_route(source=where)
+        self.stdout.write(
+            f"Payroll files are picked up from {where} ({PAYROLL_CONNECTOR}); the labour-allocation job posts "
+            "each period's journal to the ERP."
+        )
 
     def _claims_route(self, route: str, mailbox: str = "") -> None:
         from decimal import Decimal
