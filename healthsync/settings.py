@@ -255,6 +255,10 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         # django-q2 logs every enqueue and every task at INFO: too loud for the demo and for operators.
         "django-q": {"level": os.getenv("Q_LOG_LEVEL", "WARNING")},
+        # asyncssh logs every SFTP login and channel at INFO: a line storm on every poll of an SFTP source.
+        "asyncssh": {"level": "WARNING"},
+        # httpx logs every request line at INFO (with its URL); deliveries log their own outcome.
+        "httpx": {"level": "WARNING"},
     },
 }
 
