@@ -17,7 +17,8 @@ deliveries and runs are inserted with ON CONFLICT, so a repeat is no error); onl
 a write is the chunk rolled back and redone with one savepoint per message, which isolates the culprit. Bad data (unparseable bytes, missing required fields, a schema violation) fails the
 message with an exception item naming the fields; a bug fails it with the traceback kept for engineers. The
 active mapping versions, their rules and the compiled schema validators are read once per batch, so a newly
-activated version runs from the next batch on. A worker finishes only messages it still holds: a claim
+activated version runs from the next batch on; so are the outbound connectors and the governed tables the
+workflows consult (healthsync.unitofwork.snapshot: reimbursement rates, stocked charge codes, code tables). A worker finishes only messages it still holds: a claim
 released as stale (`release_stale_claims`) and taken by another worker is left to that worker.
 """
 
@@ -58,6 +59,7 @@ from healthsync.models import (
     SchemaVersion,
 )
 from healthsync.registry import connector_registry, workflow_registry
+from healthsync.unitofwork import batch_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -365,7 +367,7 @@ def process_batch(ids: Sequence[int], *, worker: str | None = None) -> int:
         return 0
     config = _Config.load()
     handled = 0
-    with connectors_snapshot():
+    with connectors_snapshot(), batch_snapshot():
         for start in range(0, len(ordered), CHUNK_SIZE):
             handled += _process_chunk(ordered[start : start + CHUNK_SIZE], config, worker)
     return handled
@@ -373,7 +375,8 @@ def process_batch(ids: Sequence[int], *, worker: str | None = None) -> int:
 
 def process_message(message_id: int) -> str:
     """Process one message (whoever claimed it) and return its new status. Never raises for bad data or a bug."""
-    _process_chunk([message_id], _Config.load(), None)
+    with batch_snapshot():
+        _process_chunk([message_id], _Config.load(), None)
     return Message.objects.filter(pk=message_id).values_list("status", flat=True).first() or ""
 
 

@@ -34,6 +34,7 @@ from healthsync.deliveries import connector_for_operation, delivery_request, del
 from healthsync.inserts import insert_if_new
 from healthsync.models import CanonicalEvent, Delivery, ExceptionItem
 from healthsync.registry import workflow_registry
+from healthsync.unitofwork import snapshot
 from workflows.exceptions import exception_raise_or_refresh
 from workflows.models import ReimbursementRate, WorkflowRun, WorkflowStep
 
@@ -671,15 +672,17 @@ def reimbursement_percent(payer_id: str) -> tuple[Decimal, str] | None:
 
     None when neither exists: no forecast is posted (the accrual still is).
     """
-    rates = {
-        rate.payer_id: rate
-        for rate in ReimbursementRate.objects.filter(is_active=True, payer_id__in=[payer_id, DEFAULT_PAYER])
-    }
+    rates = snapshot("workflows.reimbursement_rates", _active_rates)
     if payer_id in rates:
-        return rates[payer_id].percent, f"contract rate {payer_id}"
+        return rates[payer_id], f"contract rate {payer_id}"
     if DEFAULT_PAYER in rates:
-        return rates[DEFAULT_PAYER].percent, "default rate"
+        return rates[DEFAULT_PAYER], "default rate"
     return None
+
+
+def _active_rates() -> dict[str, Decimal]:
+    # The whole (small, governed) table: read once per processing batch rather than once per discharge.
+    return dict(ReimbursementRate.objects.filter(is_active=True).values_list("payer_id", "percent"))
 
 
 def _request_forecast(run: WorkflowRun, key: str, *, event: CanonicalEvent | None) -> None:
