@@ -9,10 +9,12 @@ would (apps listen: the event-stream publisher, the KPI rollups); pre_save is no
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Model
+from django.db.models import JSONField, Model
 from django.db.models.constants import OnConflict
 from django.db.models.signals import post_save
 from django.db.models.sql import InsertQuery
@@ -58,6 +60,70 @@ def insert_if_new(obj: Model) -> bool:
     obj.pk = meta.pk.to_python(row[0])
     obj._state.adding = False
     obj._state.db = connection.alias
+    send_created(obj)
+    return True
+
+
+def insert_many_if_new(objs: Sequence[Model], *, key: Sequence[str], signal: bool = True) -> list[bool]:
+    """Insert the rows of one model in one statement, skipping any whose unique key is taken.
+
+    Returns, per object, whether it was inserted (its pk is then set). `key` names the fields of the unique
+    key that decides a repeat; of two objects with the same key in `objs`, only the first is inserted. With
+    `signal`, post_save is sent for each inserted row (in order) as `insert_if_new` does; without it the
+    caller sends it (`send_created`) when the row's turn comes.
+    """
+    if not objs:
+        return []
+    if connection.vendor != "postgresql":
+        inserted = []
+        for obj in objs:
+            ok = _insert_quietly(obj)
+            inserted.append(ok)
+            if ok and signal:
+                send_created(obj)
+        return inserted
+    model = objs[0].__class__
+    meta = model._meta
+    fields = [f for f in meta.local_concrete_fields if not f.generated]
+    if any(obj.pk is None for obj in objs):
+        fields = [f for f in fields if f is not meta.auto_field]
+    key_fields = [meta.get_field(name) for name in key]
+    query = InsertQuery(model, on_conflict=OnConflict.IGNORE)
+    query.insert_values(fields, list(objs))
+    compiler = query.get_compiler(connection=connection)
+    compiler.returning_fields = [meta.pk, *key_fields]
+    ((sql, params),) = compiler.as_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    pks = {tuple(row[1:]): row[0] for row in rows}
+    inserted = []
+    for obj in objs:
+        pk = pks.pop(tuple(getattr(obj, f.attname) for f in key_fields), None)
+        if pk is None:
+            inserted.append(False)
+            continue
+        obj.pk = meta.pk.to_python(pk)
+        obj._state.adding = False
+        obj._state.db = connection.alias
+        inserted.append(True)
+        if signal:
+            send_created(obj)
+    return inserted
+
+
+def _insert_quietly(obj: Model) -> bool:
+    # Without `insert_if_new`'s signal: the caller decides when receivers hear of the row.
+    try:
+        with transaction.atomic():
+            obj.__class__._base_manager.bulk_create([obj])  # sends no signals
+    except IntegrityError:
+        return False
+    return True
+
+
+def send_created(obj: Model) -> None:
+    """Tell post_save receivers about a row inserted without `save()` (as `save()` would)."""
     post_save.send(
         sender=obj.__class__,
         instance=obj,
@@ -66,4 +132,41 @@ def insert_if_new(obj: Model) -> bool:
         raw=False,
         using=connection.alias,
     )
-    return True
+
+
+def update_rows(objs: Sequence[Model], fields: Sequence[str]) -> None:
+    """Write `fields` of many rows of one model from their in-memory values in one statement (no signals).
+
+    On PostgreSQL one UPDATE … FROM unnest(arrays): `bulk_update`'s CASE per column costs far more to plan.
+    """
+    if not objs:
+        return
+    model = objs[0].__class__
+    meta = model._meta
+    if connection.vendor != "postgresql":
+        model._base_manager.bulk_update(objs, list(fields), batch_size=200)
+        return
+    quote = connection.ops.quote_name
+    columns = [meta.get_field(name) for name in fields]
+    arrays, sets, params = [], [], []
+    pk_type = meta.pk.rel_db_type(connection) if meta.pk.is_relation else meta.pk.db_type(connection)
+    arrays.append(f"%s::{pk_type}[]")
+    params.append([meta.pk.get_db_prep_save(obj.pk, connection) for obj in objs])
+    for n, column in enumerate(columns):
+        values = [getattr(obj, column.attname) for obj in objs]
+        if isinstance(column, JSONField):
+            # As text, cast per row: an array of JSON adapters is not something psycopg can send.
+            arrays.append("%s::text[]")
+            params.append([None if v is None else json.dumps(v, cls=column.encoder) for v in values])
+            sets.append(f"{quote(column.column)} = v.c{n}::jsonb")
+        else:
+            arrays.append(f"%s::{column.db_type(connection)}[]")
+            params.append([column.get_db_prep_save(v, connection) for v in values])
+            sets.append(f"{quote(column.column)} = v.c{n}")
+    names = ", ".join(["id", *(f"c{n}" for n in range(len(columns)))])
+    sql = (
+        f"UPDATE {quote(meta.db_table)} AS t SET {', '.join(sets)} "  # noqa: S608 (identifiers from the model)
+        f"FROM unnest({', '.join(arrays)}) AS v({names}) WHERE t.{quote(meta.pk.column)} = v.id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)

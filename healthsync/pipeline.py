@@ -47,7 +47,7 @@ from django.utils.dateparse import parse_datetime
 from healthsync.choices import ExceptionKind, ExceptionStatus, Lane, MessageStatus, VersionStatus
 from healthsync.deliveries import connectors_snapshot
 from healthsync.errors import MappingError, SchemaInvalid
-from healthsync.inserts import insert_if_new
+from healthsync.inserts import insert_if_new, insert_many_if_new, send_created
 from healthsync.mapping import apply_rules, parse_hl7_datetime
 from healthsync.models import (
     CanonicalEvent,
@@ -59,7 +59,7 @@ from healthsync.models import (
     SchemaVersion,
 )
 from healthsync.registry import connector_registry, workflow_registry
-from healthsync.unitofwork import batch_snapshot
+from healthsync.unitofwork import batch_snapshot, unit_of_work
 
 logger = logging.getLogger(__name__)
 
@@ -396,7 +396,6 @@ def _process_chunk(ids: list[int], config: _Config, worker: str | None) -> int:
 
 
 def _run_chunk(ids: list[int], config: _Config, worker: str | None, *, careful: bool) -> int:
-    handled = 0
     with transaction.atomic():
         query = Message.objects.filter(id__in=ids).select_related("connector__system").order_by("id")
         if connection.vendor == "postgresql":
@@ -406,12 +405,10 @@ def _run_chunk(ids: list[int], config: _Config, worker: str | None, *, careful: 
             messages = [
                 m for m in messages if m.status == MessageStatus.PROCESSING and m.claimed_by == worker[:80]
             ]
-        done: list[Message] = []
-        for message in messages:
-            status = _process_one(message, config) if careful else _process_fast(message, config)
-            handled += 1
-            if status is not None:
-                done.append(message)
+        if careful:
+            done = [message for message in messages if _process_one(message, config) is not None]
+        else:
+            done = _run_fast(messages, config)
         if done:
             now = timezone.now()
             for message in done:
@@ -421,7 +418,41 @@ def _run_chunk(ids: list[int], config: _Config, worker: str | None, *, careful: 
             _finish(done)
     for message in messages:
         logger.info("message %s %s", message.pk, message.status)
-    return handled
+    return len(messages)
+
+
+def _run_fast(messages: list[Message], config: _Config) -> list[Message]:
+    """The fast pass over a chunk: map every message, insert all their events at once, then route them in order.
+
+    Raises _RetryCarefully when the chunk must be redone a savepoint per message. The workflows work in a unit
+    of work (healthsync.unitofwork): they read the runs of the chunk's events together and write run updates,
+    steps and dirty marks once at the end, all in the chunk's transaction.
+    """
+    prepared: list[tuple[Message, str, list[_Ready]]] = []
+    done: list[Message] = []
+    for message in messages:
+        prepared_message = _prepare_fast(message, config)
+        if prepared_message is not None:
+            prepared.append((message, *prepared_message))
+    try:
+        with unit_of_work() as unit:
+            # One statement decides every repeat (a retry, a replay, a second copy): the unique key, not a look-up.
+            items = [item for _, _, ready in prepared for item in ready]
+            inserted = insert_many_if_new(
+                [item.event for item in items], key=["idempotency_key"], signal=False
+            )
+            new = {id(item) for item, ok in zip(items, inserted, strict=True) if ok}
+            unit.events = [item.event for item in items if id(item) in new]
+            for message, status, ready in prepared:
+                _route(message, [item for item in ready if id(item) in new])
+                message.status = status
+                if status == MessageStatus.PROCESSED and message.attempts:
+                    _resolve_message_exceptions(message)
+                done.append(message)
+            unit.flush()
+    except Exception as exc:
+        raise _RetryCarefully from exc
+    return done
 
 
 _FINISH_FIELDS = ["status", "error", "attempts", "processed_at", "business_key", "message_type"]
@@ -447,11 +478,11 @@ def _finish(done: list[Message]) -> None:
         cursor.execute(sql, params)
 
 
-def _process_fast(message: Message, config: _Config) -> str | None:
-    """Process one message without a savepoint of its own; raises _RetryCarefully when the chunk must be redone."""
+def _prepare_fast(message: Message, config: _Config) -> tuple[str, list[_Ready]] | None:
+    """Parse, map and validate one message of the fast pass; None when it failed for its data (recorded)."""
     original = (message.business_key, message.message_type)
     try:
-        status, events = _prepare(message, config)
+        return _prepare(message, config)
     except _BadData as bad:
         # Nothing was written for this message: its failure can be recorded in the chunk's transaction.
         message.business_key, message.message_type = original
@@ -463,14 +494,6 @@ def _process_fast(message: Message, config: _Config) -> str | None:
         return None
     except Exception as exc:  # a bug: the careful pass records it with its traceback
         raise _RetryCarefully from exc
-    try:
-        _store(message, events)
-        message.status = status
-        if status == MessageStatus.PROCESSED and message.attempts:
-            _resolve_message_exceptions(message)
-    except Exception as exc:
-        raise _RetryCarefully from exc
-    return status
 
 
 def _process_one(message: Message, config: _Config) -> str | None:
@@ -575,10 +598,17 @@ def _prepare(message: Message, config: _Config) -> tuple[str, list[_Ready]]:
 def _store(message: Message, ready: list[_Ready]) -> None:
     """Insert each event not emitted before and route it to its workflows; a repeat is skipped."""
     for item in ready:
-        event = item.event
         # One round trip decides a repeat (a retry, a replay or a second copy): the unique key, not a look-up.
-        if not insert_if_new(event):
-            continue
+        if insert_if_new(item.event):
+            _route(message, [item], signal=False)
+
+
+def _route(message: Message, new: list[_Ready], *, signal: bool = True) -> None:
+    """Hand each newly stored event to its workflows (post_save first, as a save would have sent it)."""
+    for item in new:
+        event = item.event
+        if signal:
+            send_created(event)
         if item.native and not message.business_key:
             message.business_key = event.subject
         for handler in workflow_registry.handlers_for(event.type):

@@ -54,27 +54,35 @@ class UnitOfWork:
     """What a chunk has read (identity maps by name) and what it still has to write (pending by name)."""
 
     def __init__(self) -> None:
+        # The new canonical events the chunk routes, in order: a workflow may read ahead what it will need.
+        self.events: list[Any] = []
         self._maps: dict[str, dict[Any, Any]] = {}
-        # name -> (pending collection, flusher); flushed in the order they were first used.
-        self._pending: dict[str, tuple[Any, Callable[[Any], None]]] = {}
+        # name -> (pending collection, flusher, order); flushed by order, then in the order first used.
+        self._pending: dict[str, tuple[Any, Callable[[Any], None], int]] = {}
 
     def identity_map(self, name: str) -> dict[Any, Any]:
         """The chunk's map `name` (e.g. a workflow's runs by business key), created empty on first use."""
         return self._maps.setdefault(name, {})
 
-    def pending(self, name: str, factory: Callable[[], T], flusher: Callable[[T], None]) -> T:
-        """The collection of deferred writes `name`; `flusher(collection)` writes it at the next flush."""
+    def pending(
+        self, name: str, factory: Callable[[], T], flusher: Callable[[T], None], *, order: int = 0
+    ) -> T:
+        """The collection of deferred writes `name`; `flusher(collection)` writes it at the next flush.
+
+        A higher `order` is written later: writes derived from others (dirty marks from run updates) wait for
+        them, so that they go in one statement.
+        """
         entry = self._pending.get(name)
         if entry is None:
-            entry = (factory(), flusher)
+            entry = (factory(), flusher, order)
             self._pending[name] = entry
         return entry[0]  # type: ignore[no-any-return]
 
     def flush(self) -> None:
         """Write everything deferred so far; a flusher may defer more (a run update marks the run dirty)."""
         while self._pending:
-            name = next(iter(self._pending))
-            collection, flusher = self._pending.pop(name)
+            name = min(self._pending, key=lambda key: self._pending[key][2])
+            collection, flusher, _ = self._pending.pop(name)
             flusher(collection)
 
 
