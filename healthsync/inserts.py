@@ -164,9 +164,14 @@ def update_rows(objs: Sequence[Model], fields: Sequence[str]) -> None:
             params.append([column.get_db_prep_save(v, connection) for v in values])
             sets.append(f"{quote(column.column)} = v.c{n}")
     names = ", ".join(["id", *(f"c{n}" for n in range(len(columns)))])
+    pk = quote(meta.pk.column)
     sql = (
         f"UPDATE {quote(meta.db_table)} AS t SET {', '.join(sets)} "  # noqa: S608 (identifiers from the model)
-        f"FROM unnest({', '.join(arrays)}) AS v({names}) WHERE t.{quote(meta.pk.column)} = v.id"
+        f"FROM unnest({', '.join(arrays)}) AS v({names}) WHERE t.{pk} = v.id "
+        # The join alone may be planned as a hash join over the whole table; the ids as a constant list make
+        # it index look-ups.
+        f"AND t.{pk} = ANY({arrays[0]})"
     )
+    params.append(params[0])
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

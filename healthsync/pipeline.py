@@ -260,9 +260,10 @@ def _bulk_set(fields: list[str], rows: list[tuple[Any, ...]]) -> None:
         # Identifiers come from the model; every value is a parameter.
         sql = (
             f"UPDATE {quote(Message._meta.db_table)} AS m SET {columns} "  # noqa: S608
-            f"FROM unnest(%s::bigint[], {arrays}) AS v(id, {names}) WHERE m.id = v.id"
+            f"FROM unnest(%s::bigint[], {arrays}) AS v(id, {names}) WHERE m.id = v.id AND m.id = ANY(%s::bigint[])"
         )
-        params = [[row[0] for row in rows], *([row[n + 1] for row in rows] for n in range(len(fields)))]
+        ids = [row[0] for row in rows]
+        params = [ids, *([row[n + 1] for row in rows] for n in range(len(fields))), ids]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
         return
@@ -471,9 +472,17 @@ def _finish(done: list[Message]) -> None:
         "business_key = v.business_key, message_type = v.message_type "
         "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::int[], %s::timestamptz[], %s::text[], "
         "%s::text[]) AS v(id, status, error, attempts, processed_at, business_key, message_type) "
-        "WHERE m.id = v.id"
+        # The join alone may be planned as a scan of every partition (a hash join); the ids and the partition
+        # key as constant lists make it index look-ups in the partitions that hold the chunk.
+        "WHERE m.id = v.id AND m.id = ANY(%s::bigint[]) AND m.received_at = ANY(%s::timestamptz[])"
     )
-    params = [[m.pk for m in done], *([getattr(m, name) for m in done] for name in _FINISH_FIELDS)]
+    ids = [m.pk for m in done]
+    params = [
+        ids,
+        *([getattr(m, name) for m in done] for name in _FINISH_FIELDS),
+        ids,
+        sorted({m.received_at for m in done}),
+    ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
 
