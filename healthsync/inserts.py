@@ -19,8 +19,30 @@ from django.db.models.constants import OnConflict
 from django.db.models.signals import post_save
 from django.db.models.sql import InsertQuery
 
+from healthsync import unitofwork
+
 # INSERT … ON CONFLICT DO NOTHING RETURNING pk per (model, inserted columns).
 _SQL: dict[tuple[type[Model], tuple[str, ...]], str] = {}
+# Models whose inserts a chunk's unit of work may defer (see defer_in_chunks).
+_DEFERRED: set[type[Model]] = set()
+# Primary keys taken from the sequence at a time for deferred rows (unused ones are simply never used).
+ID_BLOCK = 64
+
+
+class RepeatInChunk(IntegrityError):
+    """A row deferred as new met an existing unique key when the chunk wrote it: the chunk must be redone."""
+
+
+def defer_in_chunks(model: type[Model]) -> None:
+    """Within a processing chunk's unit of work, `insert_if_new` of `model` rows is deferred to the chunk's end.
+
+    For rows that are new in all but rare cases (deliveries: their idempotency key is derived from an event
+    that was itself new). The row gets its primary key from the sequence at once and post_save is sent as
+    before; the chunk writes all such rows in one statement. Should a key exist after all, the flush raises
+    RepeatInChunk and the chunk is redone a savepoint per message, without a unit of work, where
+    `insert_if_new` answers from the table as usual.
+    """
+    _DEFERRED.add(model)
 
 
 def insert_if_new(obj: Model) -> bool:
@@ -28,8 +50,14 @@ def insert_if_new(obj: Model) -> bool:
 
     On databases without ON CONFLICT … RETURNING the insert runs in a savepoint and a unique violation is
     caught, so the answer is the same. Field values must be plain values, not expressions (F(), Now()).
+    A row of a model registered with `defer_in_chunks` may be written later in the same transaction.
     """
     meta = obj._meta
+    if obj.__class__ in _DEFERRED and connection.vendor == "postgresql":
+        unit = unitofwork.current()
+        if unit is not None:
+            _defer(unit, obj)
+            return True
     if connection.vendor != "postgresql":
         try:
             with transaction.atomic():
@@ -88,11 +116,19 @@ def insert_many_if_new(objs: Sequence[Model], *, key: Sequence[str], signal: boo
     if any(obj.pk is None for obj in objs):
         fields = [f for f in fields if f is not meta.auto_field]
     key_fields = [meta.get_field(name) for name in key]
-    query = InsertQuery(model, on_conflict=OnConflict.IGNORE)
-    query.insert_values(fields, list(objs))
-    compiler = query.get_compiler(connection=connection)
-    compiler.returning_fields = [meta.pk, *key_fields]
-    ((sql, params),) = compiler.as_sql()
+    quote = connection.ops.quote_name
+    # Rows as VALUES, each value a parameter prepared as the insert compiler prepares it. (Django's bulk
+    # insert sends a column of values as one array, and psycopg escapes each quote of a JSON document in
+    # an array element in Python: on event data that cost more than the insert itself.)
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    returning = ", ".join(quote(f.column) for f in [meta.pk, *key_fields])
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608
+        f"VALUES {', '.join([row] * len(objs))} ON CONFLICT DO NOTHING RETURNING {returning}"
+    )
+    params = [
+        f.get_db_prep_save(f.pre_save(obj, True), connection=connection) for obj in objs for f in fields
+    ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -137,7 +173,7 @@ def send_created(obj: Model) -> None:
 def update_rows(objs: Sequence[Model], fields: Sequence[str]) -> None:
     """Write `fields` of many rows of one model from their in-memory values in one statement (no signals).
 
-    On PostgreSQL one UPDATE … FROM unnest(arrays): `bulk_update`'s CASE per column costs far more to plan.
+    On PostgreSQL one UPDATE … FROM (VALUES …): `bulk_update`'s CASE per column costs far more to plan.
     """
     if not objs:
         return
@@ -148,30 +184,64 @@ def update_rows(objs: Sequence[Model], fields: Sequence[str]) -> None:
         return
     quote = connection.ops.quote_name
     columns = [meta.get_field(name) for name in fields]
-    arrays, sets, params = [], [], []
     pk_type = meta.pk.rel_db_type(connection) if meta.pk.is_relation else meta.pk.db_type(connection)
-    arrays.append(f"%s::{pk_type}[]")
-    params.append([meta.pk.get_db_prep_save(obj.pk, connection) for obj in objs])
-    for n, column in enumerate(columns):
-        values = [getattr(obj, column.attname) for obj in objs]
-        if isinstance(column, JSONField):
-            # As text, cast per row: an array of JSON adapters is not something psycopg can send.
-            arrays.append("%s::text[]")
-            params.append([None if v is None else json.dumps(v, cls=column.encoder) for v in values])
-            sets.append(f"{quote(column.column)} = v.c{n}::jsonb")
-        else:
-            arrays.append(f"%s::{column.db_type(connection)}[]")
-            params.append([column.get_db_prep_save(v, connection) for v in values])
-            sets.append(f"{quote(column.column)} = v.c{n}")
-    names = ", ".join(["id", *(f"c{n}" for n in range(len(columns)))])
+    # Rows as VALUES with a cast per value (the first row types the columns): arrays of JSON documents would
+    # be escaped element by element in Python by psycopg.
+    casts = [pk_type, *("jsonb" if isinstance(c, JSONField) else c.db_type(connection) for c in columns)]
+    row = "(" + ", ".join(f"%s::{cast}" for cast in casts) + ")"
+    params: list[Any] = []
+    for obj in objs:
+        params.append(meta.pk.get_db_prep_save(obj.pk, connection))
+        for column in columns:
+            value = getattr(obj, column.attname)
+            if isinstance(column, JSONField):
+                params.append(None if value is None else json.dumps(value, cls=column.encoder))
+            else:
+                params.append(column.get_db_prep_save(value, connection))
     pk = quote(meta.pk.column)
+    names = ", ".join(["id", *(f"c{n}" for n in range(len(columns)))])
+    sets = ", ".join(f"{quote(column.column)} = v.c{n}" for n, column in enumerate(columns))
     sql = (
-        f"UPDATE {quote(meta.db_table)} AS t SET {', '.join(sets)} "  # noqa: S608 (identifiers from the model)
-        f"FROM unnest({', '.join(arrays)}) AS v({names}) WHERE t.{pk} = v.id "
+        f"UPDATE {quote(meta.db_table)} AS t SET {sets} "  # noqa: S608 (identifiers from the model)
+        f"FROM (VALUES {', '.join([row] * len(objs))}) AS v({names}) WHERE t.{pk} = v.id "
         # The join alone may be planned as a hash join over the whole table; the ids as a constant list make
         # it index look-ups.
-        f"AND t.{pk} = ANY({arrays[0]})"
+        f"AND t.{pk} = ANY(%s::{pk_type}[])"
     )
-    params.append(params[0])
+    params.append([meta.pk.get_db_prep_save(obj.pk, connection) for obj in objs])
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
+
+
+def _defer(unit: unitofwork.UnitOfWork, obj: Model) -> None:
+    meta = obj._meta
+    if obj.pk is None:
+        ids = unit.identity_map("inserts.ids").setdefault(obj.__class__, [])
+        if not ids:
+            ids.extend(_next_ids(obj.__class__, ID_BLOCK))
+        obj.pk = ids.pop(0)
+    # Values are taken now, as an immediate insert would (auto_now fields, defaults).
+    for f in meta.local_concrete_fields:
+        f.pre_save(obj, True)
+    obj._state.adding = False
+    obj._state.db = connection.alias
+    unit.pending(f"inserts.{meta.label}", list, _write_deferred).append(obj)
+    send_created(obj)
+
+
+def _next_ids(model: type[Model], count: int) -> list[int]:
+    meta = model._meta
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+            [meta.db_table, meta.pk.column, count],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _write_deferred(objs: list[Model]) -> None:
+    inserted = insert_many_if_new(objs, key=[objs[0]._meta.pk.name], signal=False)
+    if not all(inserted):
+        raise RepeatInChunk(
+            f"{objs[0]._meta.label} rows deferred as new already existed; the chunk is redone message by message"
+        )

@@ -47,10 +47,11 @@ from django.utils.dateparse import parse_datetime
 from healthsync.choices import ExceptionKind, ExceptionStatus, Lane, MessageStatus, VersionStatus
 from healthsync.deliveries import connectors_snapshot
 from healthsync.errors import MappingError, SchemaInvalid
-from healthsync.inserts import insert_if_new, insert_many_if_new, send_created
+from healthsync.inserts import defer_in_chunks, insert_if_new, insert_many_if_new, send_created
 from healthsync.mapping import apply_rules, parse_hl7_datetime
 from healthsync.models import (
     CanonicalEvent,
+    Delivery,
     ExceptionItem,
     MappingRule,
     MappingSet,
@@ -60,6 +61,10 @@ from healthsync.models import (
 )
 from healthsync.registry import connector_registry, workflow_registry
 from healthsync.unitofwork import batch_snapshot, unit_of_work
+
+# A delivery a workflow asks for while routing a new event is new (its key derives from that event): a chunk
+# writes its deliveries together at its end (a repeat after all makes the chunk redo message by message).
+defer_in_chunks(Delivery)
 
 logger = logging.getLogger(__name__)
 

@@ -602,6 +602,7 @@ def _withdraw(idempotency_key: str | None) -> bool:
     """
     if not idempotency_key:
         return False
+    flush()  # a delivery asked for earlier in the chunk may not be written yet
     unsent = [DeliveryStatus.PENDING, DeliveryStatus.RETRYING, DeliveryStatus.FAILED]
     return bool(
         Delivery.objects.filter(idempotency_key=idempotency_key, status__in=unsent)
@@ -1011,7 +1012,10 @@ def _decimal(value: Any) -> Decimal:
 
 def _claim_delivery(run: WorkflowRun) -> Delivery | None:
     delivery_id = run.context.get("claim_delivery_id")
-    return Delivery.objects.filter(pk=delivery_id).first() if delivery_id else None
+    if not delivery_id:
+        return None
+    flush()  # a delivery asked for earlier in the chunk may not be written yet
+    return Delivery.objects.filter(pk=delivery_id).first()
 
 
 def _raise(

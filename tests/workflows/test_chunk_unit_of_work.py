@@ -202,3 +202,27 @@ def test_update_rows_writes_json_decimal_and_time_columns() -> None:
     assert first.amount == Decimal("10.50") and first.completed_at is None
     assert second.status == RunStatus.COMPLETED and second.completed_at == second.started_at
     assert WorkflowStep.objects.count() == 0
+
+
+def test_a_delivery_that_exists_after_all_makes_the_chunk_redo_and_reuse_it() -> None:
+    """Deliveries are written at the chunk's end as new; a key already taken sends the chunk to the careful pass."""
+    for raw in _encounter("V1"):
+        store(raw)
+    connector = discharge_to_bill.connector_for_operation(discharge_to_bill.CLAIM_OPERATION)
+    existing = Delivery.objects.create(
+        connector=connector,
+        operation=discharge_to_bill.CLAIM_OPERATION,
+        idempotency_key="ehr-main:claim:V1:1",
+        workflow=discharge_to_bill.WORKFLOW,
+        business_key="V1",
+        payload={"sent": "before"},
+    )
+
+    assert process_pending() == 3
+
+    assert set(Message.objects.values_list("status", flat=True)) == {MessageStatus.PROCESSED}
+    run = _run("V1")
+    assert run.context["claim_delivery_id"] == existing.pk
+    assert Delivery.objects.filter(idempotency_key=existing.idempotency_key).count() == 1
+    assert Delivery.objects.get(pk=existing.pk).payload == {"sent": "before"}
+    assert Delivery.objects.filter(operation="post_accrual").count() == 1
