@@ -60,6 +60,7 @@ from healthsync.models import (
     SchemaVersion,
 )
 from healthsync.registry import connector_registry, workflow_registry
+from healthsync.schemacheck import Check, compile_check
 from healthsync.unitofwork import batch_snapshot, unit_of_work
 
 # A delivery a workflow asks for while routing a new event is new (its key derives from that event): a chunk
@@ -338,28 +339,34 @@ class _Config:
         return config
 
 
-_VALIDATORS: dict[tuple[int, str], Any] = {}
+_VALIDATORS: dict[tuple[int, str], tuple[Any, Check | None]] = {}
 
 
 def _validator(schema: SchemaVersion) -> Any:
     """A compiled validator per schema version and content (compiling costs more than validating)."""
+    return _validation(schema)[0]
+
+
+def _validation(schema: SchemaVersion) -> tuple[Any, Check | None]:
+    """The schema's jsonschema validator and its fast yes/no check (healthsync.schemacheck; None if none)."""
     # The schema object lives for one batch (_Config): serialising its content once per batch, not once per
     # message, keeps the cache key honest (an edited draft gets a new validator) at no cost per message.
     remembered = getattr(schema, "_hs_validator", None)
     if remembered is not None and remembered[0] is schema.json_schema:
         return remembered[1]
     cache_key = (schema.pk or 0, json.dumps(schema.json_schema, sort_keys=True))
-    validator = _VALIDATORS.get(cache_key)
-    if validator is None:
+    compiled = _VALIDATORS.get(cache_key)
+    if compiled is None:
         validator_class = jsonschema.validators.validator_for(
             schema.json_schema, default=jsonschema.Draft202012Validator
         )
         validator = validator_class(schema.json_schema, format_checker=validator_class.FORMAT_CHECKER)
+        compiled = (validator, compile_check(validator))
         if len(_VALIDATORS) > 256:
             _VALIDATORS.clear()
-        _VALIDATORS[cache_key] = validator
-    schema._hs_validator = (schema.json_schema, validator)  # type: ignore[attr-defined]
-    return validator
+        _VALIDATORS[cache_key] = compiled
+    schema._hs_validator = (schema.json_schema, compiled)  # type: ignore[attr-defined]
+    return compiled
 
 
 def process_batch(ids: Sequence[int], *, worker: str | None = None) -> int:
@@ -737,7 +744,10 @@ def _native_event(message: Message, spec: dict[str, Any], config: _Config) -> Ca
 
 def validate_event_data(schema: SchemaVersion, data: dict[str, Any]) -> None:
     """Raise SchemaInvalid listing each failing field by path, without echoing the (PHI) values."""
-    validator = _validator(schema)
+    validator, fast = _validation(schema)
+    # The fast check answers as jsonschema does; only data it rejects is walked by jsonschema for the errors.
+    if fast is not None and fast(data):
+        return
     errors = []
     for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
         path = ".".join(str(part) for part in error.absolute_path) or "(event)"
