@@ -14,7 +14,11 @@ Processing. A batch is handled in chunks, one transaction per chunk: a message's
 it causes and its new status commit together or not at all, and one bad message never rolls back another. A
 chunk first runs without a savepoint per message (bad data is found before anything is written, and events,
 deliveries and runs are inserted with ON CONFLICT, so a repeat is no error); only when something fails after
-a write is the chunk rolled back and redone with one savepoint per message, which isolates the culprit. Bad data (unparseable bytes, missing required fields, a schema violation) fails the
+a write is the chunk rolled back and redone with one savepoint per message, which isolates the culprit. The
+fast pass maps every message of the chunk first, inserts all their events in one statement and routes the
+new ones in message order inside a unit of work (healthsync.unitofwork): the workflows read the runs of the
+chunk's encounters together and write run updates, steps, deliveries and KPI dirty marks once, at the
+chunk's end, in the same transaction. Bad data (unparseable bytes, missing required fields, a schema violation) fails the
 message with an exception item naming the fields; a bug fails it with the traceback kept for engineers. The
 active mapping versions, their rules and the compiled schema validators are read once per batch, so a newly
 activated version runs from the next batch on; so are the outbound connectors and the governed tables the

@@ -13,6 +13,11 @@ HEALTHSYNC_REQUIRE_CODING / HEALTHSYNC_BILL_HOLD_DAYS ask for them (default: nei
 A discharge the RCM cannot bill (no insurance, diagnosis, attending or financial class) blocks the run with a
 missing_data exception naming what is missing and the fields that fix it; retrying it with the fixes sends the
 claim. Idempotency keys make every effect happen once however often events or retries repeat.
+
+Within a processing chunk (healthsync.unitofwork) the runs of every encounter the chunk's events name are
+locked, or started, together on the first event and kept in the chunk's identity map, so the next message of
+an encounter works on the object the previous one changed; run saves and new steps are written once at the
+chunk's end. Whatever reads steps, runs or deliveries back from the table calls `flush()` first.
 """
 
 from __future__ import annotations
