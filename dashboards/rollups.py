@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from dashboards.models import DirtyRun, KpiDay, RunFact
 from dashboards.tally import COLUMNS, Tally
+from healthsync import unitofwork
 from healthsync.choices import RunStatus
 from healthsync.governance.runtime import step_slas
 from workflows.definitions import WORKFLOWS, Workflow
@@ -284,8 +285,21 @@ def rebuild_days() -> int:
 
 
 def mark_dirty(run_id: int | None) -> None:
-    if run_id is not None:
-        DirtyRun.objects.bulk_create([DirtyRun(run_id=run_id)], ignore_conflicts=True)
+    """Ask for the run's facts to be recomputed; within a processing chunk, once per run at the chunk's end."""
+    if run_id is None:
+        return
+    unit = unitofwork.current()
+    if unit is not None:
+        # Written after the chunk's run updates (which mark runs too): one insert per chunk.
+        unit.pending("dashboards.dirty_runs", set, _write_dirty, order=1).add(run_id)
+        return
+    _write_dirty({run_id})
+
+
+def _write_dirty(run_ids: set[int]) -> None:
+    DirtyRun.objects.bulk_create(
+        [DirtyRun(run_id=run_id) for run_id in sorted(run_ids)], ignore_conflicts=True
+    )
 
 
 def on_run_saved(sender: type, instance: WorkflowRun, raw: bool = False, **kwargs: Any) -> None:

@@ -26,6 +26,7 @@ from django.db.models import Max, Min
 from connectors.simulators import hl7_builder
 from healthsync.choices import Direction, Lane, MessageStatus, Protocol
 from healthsync.models import CanonicalEvent, Connector, Delivery, ExceptionItem, Message, System
+from healthsync.models.core import MessageKey
 
 BENCH_CONNECTOR = "bench-ehr"
 
@@ -94,10 +95,29 @@ def _bench_connector() -> Connector:
 
 
 def load_backlog(rows: list[tuple[str, str, bytes]], connector: Connector) -> None:
-    """Store the backlog as received messages: COPY on PostgreSQL, bulk_create elsewhere."""
+    """Store the backlog as the listener stores received messages, with their dedupe keys (MessageKey rows).
+
+    COPY on PostgreSQL, bulk_create elsewhere; the keys follow in one statement per load.
+    """
     from django.utils import timezone
 
     now = timezone.now()
+    with transaction.atomic():
+        _load_messages(rows, connector, now)
+        # Each first copy owns its (connector, sender, control id) key, as ingest writes it.
+        MessageKey.objects.bulk_create(
+            [
+                MessageKey(key=key, message_id=message_id)
+                for key, message_id in Message.objects.filter(
+                    connector=connector, received_at=now, dedupe_key__isnull=False
+                ).values_list("dedupe_key", "id")
+            ],
+            batch_size=5000,
+            ignore_conflicts=True,
+        )
+
+
+def _load_messages(rows: list[tuple[str, str, bytes]], connector: Connector, now: Any) -> None:
     if connection.vendor == "postgresql":
         table = connection.ops.quote_name(Message._meta.db_table)
         columns = (
@@ -234,4 +254,5 @@ def remove_bench_data(prefix: str, connector: Connector) -> None:
         WorkflowRun.objects.filter(business_key__startswith=like).delete()
         Delivery.objects.filter(business_key__startswith=like).delete()
         CanonicalEvent.objects.filter(subject__startswith=like).delete()
+        MessageKey.objects.filter(key__startswith=f"{connector.pk}|EPIC^GENHOSP|{prefix}-").delete()
         Message.objects.filter(connector=connector, control_id__startswith=f"{prefix}-").delete()

@@ -178,29 +178,49 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+# How to read each path of a source expression, by expression: (path, kind, segment, rest) per alternative.
+# Expressions are strings (immutable) and few (one per rule), so the plan is worked out once per process.
+_PLANS: dict[str, tuple[tuple[str, int, str, str], ...]] = {}
+_PLAIN, _ALL, _PER_SEGMENT = 0, 1, 2
+
+
+def _plan(source: str) -> tuple[tuple[str, int, str, str], ...]:
+    plan = _PLANS.get(source)
+    if plan is None:
+        steps = []
+        for path in (part.strip() for part in source.strip().split("|")):
+            if not path:
+                continue
+            star = _SEGMENT_STAR.match(path)
+            if star:
+                steps.append((path, _PER_SEGMENT, star.group("seg"), star.group("rest") or ""))
+            else:
+                steps.append((path, _ALL if "[*]" in path else _PLAIN, "", ""))
+        plan = tuple(steps)
+        if len(_PLANS) > 10000:
+            _PLANS.clear()
+        _PLANS[source] = plan
+    return plan
+
+
 def read_source(parsed: ParsedMessage, source: str) -> Value:
     """Read a source expression (see the module docstring): a string, or a list for ``[*]`` paths."""
-    source = source.strip()
-    if not source:
-        return ""
-    alternatives = [path.strip() for path in source.split("|") if path.strip()]
     value: Value = ""
-    for path in alternatives:
-        value = _read_path(parsed, path)
+    for step in _plan(source):
+        value = _read_path(parsed, step)
         if not _is_empty(value) and not (isinstance(value, list) and all(v == "" for v in value)):
             return value
     return value
 
 
-def _read_path(parsed: ParsedMessage, path: str) -> Value:
+def _read_path(parsed: ParsedMessage, step: tuple[str, int, str, str]) -> Value:
+    path, kind, seg, rest = step
     try:
-        star = _SEGMENT_STAR.match(path)
-        if star:
-            seg, rest = star.group("seg"), star.group("rest") or ""
+        if kind == _PER_SEGMENT:
             # The segment path without a field reads whole segments: one entry per occurrence, never empty.
             count = len(parsed.get_all(f"{seg}[*]"))
             return [parsed.get(f"{seg}[{index}]{rest}") for index in range(1, count + 1)]
-        if "[*]" in path:
+        if kind == _ALL:
             return parsed.get_all(path)
         return parsed.get(path)
     except ValueError:

@@ -14,10 +14,15 @@ Processing. A batch is handled in chunks, one transaction per chunk: a message's
 it causes and its new status commit together or not at all, and one bad message never rolls back another. A
 chunk first runs without a savepoint per message (bad data is found before anything is written, and events,
 deliveries and runs are inserted with ON CONFLICT, so a repeat is no error); only when something fails after
-a write is the chunk rolled back and redone with one savepoint per message, which isolates the culprit. Bad data (unparseable bytes, missing required fields, a schema violation) fails the
+a write is the chunk rolled back and redone with one savepoint per message, which isolates the culprit. The
+fast pass maps every message of the chunk first, inserts all their events in one statement and routes the
+new ones in message order inside a unit of work (healthsync.unitofwork): the workflows read the runs of the
+chunk's encounters together and write run updates, steps, deliveries and KPI dirty marks once, at the
+chunk's end, in the same transaction. Bad data (unparseable bytes, missing required fields, a schema violation) fails the
 message with an exception item naming the fields; a bug fails it with the traceback kept for engineers. The
 active mapping versions, their rules and the compiled schema validators are read once per batch, so a newly
-activated version runs from the next batch on. A worker finishes only messages it still holds: a claim
+activated version runs from the next batch on; so are the outbound connectors and the governed tables the
+workflows consult (healthsync.unitofwork.snapshot: reimbursement rates, stocked charge codes, code tables). A worker finishes only messages it still holds: a claim
 released as stale (`release_stale_claims`) and taken by another worker is left to that worker.
 """
 
@@ -46,10 +51,11 @@ from django.utils.dateparse import parse_datetime
 from healthsync.choices import ExceptionKind, ExceptionStatus, Lane, MessageStatus, VersionStatus
 from healthsync.deliveries import connectors_snapshot
 from healthsync.errors import MappingError, SchemaInvalid
-from healthsync.inserts import insert_if_new
+from healthsync.inserts import defer_in_chunks, insert_if_new, insert_many_if_new, send_created
 from healthsync.mapping import apply_rules, parse_hl7_datetime
 from healthsync.models import (
     CanonicalEvent,
+    Delivery,
     ExceptionItem,
     MappingRule,
     MappingSet,
@@ -58,6 +64,12 @@ from healthsync.models import (
     SchemaVersion,
 )
 from healthsync.registry import connector_registry, workflow_registry
+from healthsync.schemacheck import Check, compile_check
+from healthsync.unitofwork import batch_snapshot, unit_of_work
+
+# A delivery a workflow asks for while routing a new event is new (its key derives from that event): a chunk
+# writes its deliveries together at its end (a repeat after all makes the chunk redo message by message).
+defer_in_chunks(Delivery)
 
 logger = logging.getLogger(__name__)
 
@@ -258,9 +270,10 @@ def _bulk_set(fields: list[str], rows: list[tuple[Any, ...]]) -> None:
         # Identifiers come from the model; every value is a parameter.
         sql = (
             f"UPDATE {quote(Message._meta.db_table)} AS m SET {columns} "  # noqa: S608
-            f"FROM unnest(%s::bigint[], {arrays}) AS v(id, {names}) WHERE m.id = v.id"
+            f"FROM unnest(%s::bigint[], {arrays}) AS v(id, {names}) WHERE m.id = v.id AND m.id = ANY(%s::bigint[])"
         )
-        params = [[row[0] for row in rows], *([row[n + 1] for row in rows] for n in range(len(fields)))]
+        ids = [row[0] for row in rows]
+        params = [ids, *([row[n + 1] for row in rows] for n in range(len(fields))), ids]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
         return
@@ -330,28 +343,34 @@ class _Config:
         return config
 
 
-_VALIDATORS: dict[tuple[int, str], Any] = {}
+_VALIDATORS: dict[tuple[int, str], tuple[Any, Check | None]] = {}
 
 
 def _validator(schema: SchemaVersion) -> Any:
     """A compiled validator per schema version and content (compiling costs more than validating)."""
+    return _validation(schema)[0]
+
+
+def _validation(schema: SchemaVersion) -> tuple[Any, Check | None]:
+    """The schema's jsonschema validator and its fast yes/no check (healthsync.schemacheck; None if none)."""
     # The schema object lives for one batch (_Config): serialising its content once per batch, not once per
     # message, keeps the cache key honest (an edited draft gets a new validator) at no cost per message.
     remembered = getattr(schema, "_hs_validator", None)
     if remembered is not None and remembered[0] is schema.json_schema:
         return remembered[1]
     cache_key = (schema.pk or 0, json.dumps(schema.json_schema, sort_keys=True))
-    validator = _VALIDATORS.get(cache_key)
-    if validator is None:
+    compiled = _VALIDATORS.get(cache_key)
+    if compiled is None:
         validator_class = jsonschema.validators.validator_for(
             schema.json_schema, default=jsonschema.Draft202012Validator
         )
         validator = validator_class(schema.json_schema, format_checker=validator_class.FORMAT_CHECKER)
+        compiled = (validator, compile_check(validator))
         if len(_VALIDATORS) > 256:
             _VALIDATORS.clear()
-        _VALIDATORS[cache_key] = validator
-    schema._hs_validator = (schema.json_schema, validator)  # type: ignore[attr-defined]
-    return validator
+        _VALIDATORS[cache_key] = compiled
+    schema._hs_validator = (schema.json_schema, compiled)  # type: ignore[attr-defined]
+    return compiled
 
 
 def process_batch(ids: Sequence[int], *, worker: str | None = None) -> int:
@@ -365,7 +384,7 @@ def process_batch(ids: Sequence[int], *, worker: str | None = None) -> int:
         return 0
     config = _Config.load()
     handled = 0
-    with connectors_snapshot():
+    with connectors_snapshot(), batch_snapshot():
         for start in range(0, len(ordered), CHUNK_SIZE):
             handled += _process_chunk(ordered[start : start + CHUNK_SIZE], config, worker)
     return handled
@@ -373,7 +392,8 @@ def process_batch(ids: Sequence[int], *, worker: str | None = None) -> int:
 
 def process_message(message_id: int) -> str:
     """Process one message (whoever claimed it) and return its new status. Never raises for bad data or a bug."""
-    _process_chunk([message_id], _Config.load(), None)
+    with batch_snapshot():
+        _process_chunk([message_id], _Config.load(), None)
     return Message.objects.filter(pk=message_id).values_list("status", flat=True).first() or ""
 
 
@@ -393,7 +413,6 @@ def _process_chunk(ids: list[int], config: _Config, worker: str | None) -> int:
 
 
 def _run_chunk(ids: list[int], config: _Config, worker: str | None, *, careful: bool) -> int:
-    handled = 0
     with transaction.atomic():
         query = Message.objects.filter(id__in=ids).select_related("connector__system").order_by("id")
         if connection.vendor == "postgresql":
@@ -403,12 +422,10 @@ def _run_chunk(ids: list[int], config: _Config, worker: str | None, *, careful: 
             messages = [
                 m for m in messages if m.status == MessageStatus.PROCESSING and m.claimed_by == worker[:80]
             ]
-        done: list[Message] = []
-        for message in messages:
-            status = _process_one(message, config) if careful else _process_fast(message, config)
-            handled += 1
-            if status is not None:
-                done.append(message)
+        if careful:
+            done = [message for message in messages if _process_one(message, config) is not None]
+        else:
+            done = _run_fast(messages, config)
         if done:
             now = timezone.now()
             for message in done:
@@ -418,7 +435,41 @@ def _run_chunk(ids: list[int], config: _Config, worker: str | None, *, careful: 
             _finish(done)
     for message in messages:
         logger.info("message %s %s", message.pk, message.status)
-    return handled
+    return len(messages)
+
+
+def _run_fast(messages: list[Message], config: _Config) -> list[Message]:
+    """The fast pass over a chunk: map every message, insert all their events at once, then route them in order.
+
+    Raises _RetryCarefully when the chunk must be redone a savepoint per message. The workflows work in a unit
+    of work (healthsync.unitofwork): they read the runs of the chunk's events together and write run updates,
+    steps and dirty marks once at the end, all in the chunk's transaction.
+    """
+    prepared: list[tuple[Message, str, list[_Ready]]] = []
+    done: list[Message] = []
+    for message in messages:
+        prepared_message = _prepare_fast(message, config)
+        if prepared_message is not None:
+            prepared.append((message, *prepared_message))
+    try:
+        with unit_of_work() as unit:
+            # One statement decides every repeat (a retry, a replay, a second copy): the unique key, not a look-up.
+            items = [item for _, _, ready in prepared for item in ready]
+            inserted = insert_many_if_new(
+                [item.event for item in items], key=["idempotency_key"], signal=False
+            )
+            new = {id(item) for item, ok in zip(items, inserted, strict=True) if ok}
+            unit.events = [item.event for item in items if id(item) in new]
+            for message, status, ready in prepared:
+                _route(message, [item for item in ready if id(item) in new])
+                message.status = status
+                if status == MessageStatus.PROCESSED and message.attempts:
+                    _resolve_message_exceptions(message)
+                done.append(message)
+            unit.flush()
+    except Exception as exc:
+        raise _RetryCarefully from exc
+    return done
 
 
 _FINISH_FIELDS = ["status", "error", "attempts", "processed_at", "business_key", "message_type"]
@@ -437,18 +488,26 @@ def _finish(done: list[Message]) -> None:
         "business_key = v.business_key, message_type = v.message_type "
         "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::int[], %s::timestamptz[], %s::text[], "
         "%s::text[]) AS v(id, status, error, attempts, processed_at, business_key, message_type) "
-        "WHERE m.id = v.id"
+        # The join alone may be planned as a scan of every partition (a hash join); the ids and the partition
+        # key as constant lists make it index look-ups in the partitions that hold the chunk.
+        "WHERE m.id = v.id AND m.id = ANY(%s::bigint[]) AND m.received_at = ANY(%s::timestamptz[])"
     )
-    params = [[m.pk for m in done], *([getattr(m, name) for m in done] for name in _FINISH_FIELDS)]
+    ids = [m.pk for m in done]
+    params = [
+        ids,
+        *([getattr(m, name) for m in done] for name in _FINISH_FIELDS),
+        ids,
+        sorted({m.received_at for m in done}),
+    ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
 
 
-def _process_fast(message: Message, config: _Config) -> str | None:
-    """Process one message without a savepoint of its own; raises _RetryCarefully when the chunk must be redone."""
+def _prepare_fast(message: Message, config: _Config) -> tuple[str, list[_Ready]] | None:
+    """Parse, map and validate one message of the fast pass; None when it failed for its data (recorded)."""
     original = (message.business_key, message.message_type)
     try:
-        status, events = _prepare(message, config)
+        return _prepare(message, config)
     except _BadData as bad:
         # Nothing was written for this message: its failure can be recorded in the chunk's transaction.
         message.business_key, message.message_type = original
@@ -460,14 +519,6 @@ def _process_fast(message: Message, config: _Config) -> str | None:
         return None
     except Exception as exc:  # a bug: the careful pass records it with its traceback
         raise _RetryCarefully from exc
-    try:
-        _store(message, events)
-        message.status = status
-        if status == MessageStatus.PROCESSED and message.attempts:
-            _resolve_message_exceptions(message)
-    except Exception as exc:
-        raise _RetryCarefully from exc
-    return status
 
 
 def _process_one(message: Message, config: _Config) -> str | None:
@@ -572,10 +623,17 @@ def _prepare(message: Message, config: _Config) -> tuple[str, list[_Ready]]:
 def _store(message: Message, ready: list[_Ready]) -> None:
     """Insert each event not emitted before and route it to its workflows; a repeat is skipped."""
     for item in ready:
-        event = item.event
         # One round trip decides a repeat (a retry, a replay or a second copy): the unique key, not a look-up.
-        if not insert_if_new(event):
-            continue
+        if insert_if_new(item.event):
+            _route(message, [item], signal=False)
+
+
+def _route(message: Message, new: list[_Ready], *, signal: bool = True) -> None:
+    """Hand each newly stored event to its workflows (post_save first, as a save would have sent it)."""
+    for item in new:
+        event = item.event
+        if signal:
+            send_created(event)
         if item.native and not message.business_key:
             message.business_key = event.subject
         for handler in workflow_registry.handlers_for(event.type):
@@ -690,7 +748,10 @@ def _native_event(message: Message, spec: dict[str, Any], config: _Config) -> Ca
 
 def validate_event_data(schema: SchemaVersion, data: dict[str, Any]) -> None:
     """Raise SchemaInvalid listing each failing field by path, without echoing the (PHI) values."""
-    validator = _validator(schema)
+    validator, fast = _validation(schema)
+    # The fast check answers as jsonschema does; only data it rejects is walked by jsonschema for the errors.
+    if fast is not None and fast(data):
+        return
     errors = []
     for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
         path = ".".join(str(part) for part in error.absolute_path) or "(event)"

@@ -13,6 +13,11 @@ HEALTHSYNC_REQUIRE_CODING / HEALTHSYNC_BILL_HOLD_DAYS ask for them (default: nei
 A discharge the RCM cannot bill (no insurance, diagnosis, attending or financial class) blocks the run with a
 missing_data exception naming what is missing and the fields that fix it; retrying it with the fixes sends the
 claim. Idempotency keys make every effect happen once however often events or retries repeat.
+
+Within a processing chunk (healthsync.unitofwork) the runs of every encounter the chunk's events name are
+locked, or started, together on the first event and kept in the chunk's identity map, so the next message of
+an encounter works on the object the previous one changed; run saves and new steps are written once at the
+chunk's end. Whatever reads steps, runs or deliveries back from the table calls `flush()` first.
 """
 
 from __future__ import annotations
@@ -26,14 +31,16 @@ from django.conf import settings
 from django.contrib.postgres.expressions import ArraySubquery
 from django.db import connection
 from django.db.models import OuterRef
+from django.db.models.signals import post_save
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from healthsync.choices import DeliveryStatus, ExceptionKind, ExceptionStatus, RunStatus
 from healthsync.deliveries import connector_for_operation, delivery_request, delivery_reset
-from healthsync.inserts import insert_if_new
+from healthsync.inserts import insert_if_new, insert_many_if_new, send_created, update_rows
 from healthsync.models import CanonicalEvent, Delivery, ExceptionItem
 from healthsync.registry import workflow_registry
+from healthsync.unitofwork import current, flush, snapshot
 from workflows.exceptions import exception_raise_or_refresh
 from workflows.models import ReimbursementRate, WorkflowRun, WorkflowStep
 
@@ -128,7 +135,7 @@ def on_admitted(event: CanonicalEvent) -> None:
     run = _run_for(event.subject)
     _merge_encounter(run, event)
     _step(run, "admitted", _when(event.data.get("admitted_at")) or event.occurred_at, event=event)
-    run.save()
+    _save(run)
 
 
 def on_charges_posted(event: CanonicalEvent) -> None:
@@ -155,9 +162,9 @@ def on_charges_posted(event: CanonicalEvent) -> None:
             run, "late_charge_posted", event.occurred_at or timezone.now(), event=event, note=", ".join(late)
         )
         run.context["correction_pending"] = True
-        run.save()
+        _save(run)
         _send_correction_if_due(run, event=event)
-    run.save()
+    _save(run)
 
 
 def on_discharged(event: CanonicalEvent) -> None:
@@ -165,7 +172,7 @@ def on_discharged(event: CanonicalEvent) -> None:
     _merge_encounter(run, event)
     _step(run, "discharged", _when(event.data.get("discharged_at")) or event.occurred_at, event=event)
     if run.status in (RunStatus.COMPLETED, RunStatus.CANCELLED) or run.context.get("claim_delivery_id"):
-        run.save()
+        _save(run)
     # Otherwise advance() saves the run whichever way it goes.
     advance(run, event=event)
 
@@ -198,15 +205,16 @@ def advance(run: WorkflowRun, *, event: CanonicalEvent | None = None, now: datet
     if run.status == RunStatus.BLOCKED and not _open_exceptions(run).exists():
         run.status = RunStatus.ACTIVE
     if require_coding() and not _has_step(run, "coding_completed"):
-        run.save()
+        _save(run)
         return
     hold_days = bill_hold_days()
     if hold_days:
+        flush()  # the discharge step may still be waiting in the chunk's unit of work
         discharged = run.steps.get(step="discharged").occurred_at
         hold_until = discharged + timedelta(days=hold_days)
         if (now or timezone.now()) < hold_until:
             run.context["bill_hold_until"] = hold_until.isoformat()
-            run.save()
+            _save(run)
             return
         _step(run, "bill_hold_released", hold_until, event=event)
     _step(run, "claim_ready", timezone.now(), event=event)
@@ -227,7 +235,7 @@ def advance(run: WorkflowRun, *, event: CanonicalEvent | None = None, now: datet
         run.context["accrual_key"] = key
         run.context["accrued"] = str(run.amount)
         _request_forecast(run, f"{source}:forecast:{encounter_id}:{version}", event=event)
-    run.save()
+    _save(run)
 
 
 def require_coding() -> bool:
@@ -261,7 +269,7 @@ def on_delivery(delivery: Delivery) -> None:
     run = _run_for(delivery.business_key)
     if delivery.status == DeliveryStatus.FAILED:
         run.status = RunStatus.BLOCKED
-        run.save()
+        _save(run)
         # The delivery service raised the exception; give it the account facts the queue sorts by.
         ExceptionItem.objects.open().filter(delivery=delivery).update(
             facility=run.facility, payer=run.payer, amount=run.amount
@@ -280,38 +288,38 @@ def on_delivery(delivery: Delivery) -> None:
                 if void.get("key") == delivery.idempotency_key:
                     void["void_claim_id"] = delivery.external_id
             _record(run, "claim_voided", delivery=delivery, note=delivery.external_id)
-            run.save()
+            _save(run)
             return
         if (delivery.payload or {}).get("claim_frequency") == "7":
             run.context.setdefault("corrected_claims", []).append(delivery.external_id)
             _step(
                 run, "corrected_claim_submitted", timezone.now(), delivery=delivery, note=delivery.external_id
             )
-            run.save()
+            _save(run)
             return
         run.context["claim_id"] = delivery.external_id
         _step(run, "claim_submitted", timezone.now(), delivery=delivery, note=delivery.external_id)
         _resolve_missing_data(run, f"Claim {delivery.external_id} submitted to the RCM.")
         if run.amount <= 0 or _has_step(run, "accrual_posted"):
             _complete(run)
-        run.save()
+        _save(run)
         if run.context.get("correction_pending"):
             _send_correction_if_due(run, event=delivery.event)
     elif delivery.operation == ACCRUAL_OPERATION:
         if ":accrual-reversal:" in delivery.idempotency_key:
             _record(run, "accrual_reversed", delivery=delivery, note=delivery.external_id)
-            run.save()
+            _save(run)
             return
         main_key = run.context.get("accrual_key")
         if delivery.idempotency_key != main_key and (main_key or not delivery.idempotency_key.endswith(":1")):
             run.context.setdefault("accrual_adjustments", []).append(delivery.external_id)
-            run.save()
+            _save(run)
             return
         run.context["journal_document_number"] = delivery.external_id
         _step(run, "accrual_posted", timezone.now(), delivery=delivery, note=delivery.external_id)
         if _has_step(run, "claim_submitted"):
             _complete(run)
-        run.save()
+        _save(run)
     elif delivery.operation == FORECAST_OPERATION:
         forecast = run.context.get("forecast") or {}
         if delivery.idempotency_key == forecast.get("key"):
@@ -319,13 +327,13 @@ def on_delivery(delivery: Delivery) -> None:
             _record(run, "forecast_posted", delivery=delivery, note=delivery.external_id)
         elif ":trueup:" in delivery.idempotency_key:
             _record(run, "forecast_trued_up", delivery=delivery, note=delivery.external_id)
-        run.save()
+        _save(run)
     elif delivery.operation == JOURNAL_OPERATION and ":cash:" in delivery.idempotency_key:
         remits = run.context.setdefault("remits", {})
         trace = str((delivery.payload or {}).get("trace_number", ""))
         remits.setdefault(trace, {})["document_number"] = delivery.external_id
         _step(run, "cash_posted", timezone.now(), delivery=delivery, note=delivery.external_id)
-        run.save()
+        _save(run)
         _remittance_posted(trace, delivery)
 
 
@@ -342,7 +350,7 @@ def on_retry(exception: ExceptionItem, fixes: dict[str, str], actor: User) -> No
     run = _run_for(exception.business_key)
     if fixes:
         apply_fixes(run, fixes, actor)
-        run.save()
+        _save(run)
     if exception.delivery_id is not None:
         delivery = exception.delivery
         assert delivery is not None
@@ -352,11 +360,11 @@ def on_retry(exception: ExceptionItem, fixes: dict[str, str], actor: User) -> No
             delivery.save(update_fields=["payload"])
             # The refreshed claim carries every charge so far: no late charge is left for a correction.
             run.context["correction_pending"] = False
-            run.save()
+            _save(run)
         delivery_reset(delivery=delivery)
         if run.status == RunStatus.BLOCKED:
             run.status = RunStatus.ACTIVE
-            run.save()
+            _save(run)
         return
     advance(run, event=exception.event)
 
@@ -373,7 +381,7 @@ def on_exception_closed(exception: ExceptionItem, actor: User | None = None) -> 
     if run is None or run.status != RunStatus.BLOCKED or _open_exceptions(run).exists():
         return
     run.status = RunStatus.ACTIVE
-    run.save()
+    _save(run)
     if not missing_requirements(run.context):
         advance(run, event=exception.event)
 
@@ -532,6 +540,7 @@ def accrual_payload(
 def on_discharge_cancelled(event: CanonicalEvent) -> None:
     """A13: the patient is back in house; the account leaves DNFB and its discharge exceptions are withdrawn."""
     run = _run_for(event.subject)
+    flush()  # steps are deleted and upserted below: the chunk's pending ones must be in the table first
     when = _when(event.data.get("cancelled_at")) or event.occurred_at or timezone.now()
     claim = _claim_delivery(run)
     in_flight = None
@@ -571,7 +580,7 @@ def on_discharge_cancelled(event: CanonicalEvent) -> None:
             {"claim_delivery_id": in_flight.pk},
             event=event,
         )
-    run.save()
+    _save(run)
 
 
 # Steps a cancelled discharge undoes: they are reached again by the next discharge and its claim.
@@ -598,6 +607,7 @@ def _withdraw(idempotency_key: str | None) -> bool:
     """
     if not idempotency_key:
         return False
+    flush()  # a delivery asked for earlier in the chunk may not be written yet
     unsent = [DeliveryStatus.PENDING, DeliveryStatus.RETRYING, DeliveryStatus.FAILED]
     return bool(
         Delivery.objects.filter(idempotency_key=idempotency_key, status__in=unsent)
@@ -671,15 +681,17 @@ def reimbursement_percent(payer_id: str) -> tuple[Decimal, str] | None:
 
     None when neither exists: no forecast is posted (the accrual still is).
     """
-    rates = {
-        rate.payer_id: rate
-        for rate in ReimbursementRate.objects.filter(is_active=True, payer_id__in=[payer_id, DEFAULT_PAYER])
-    }
+    rates = snapshot("workflows.reimbursement_rates", _active_rates)
     if payer_id in rates:
-        return rates[payer_id].percent, f"contract rate {payer_id}"
+        return rates[payer_id], f"contract rate {payer_id}"
     if DEFAULT_PAYER in rates:
-        return rates[DEFAULT_PAYER].percent, "default rate"
+        return rates[DEFAULT_PAYER], "default rate"
     return None
+
+
+def _active_rates() -> dict[str, Decimal]:
+    # The whole (small, governed) table: read once per processing batch rather than once per discharge.
+    return dict(ReimbursementRate.objects.filter(is_active=True).values_list("payer_id", "percent"))
 
 
 def _request_forecast(run: WorkflowRun, key: str, *, event: CanonicalEvent | None) -> None:
@@ -733,6 +745,7 @@ def _record(
     note: str = "",
 ) -> None:
     """Record (or refresh, when it happens again) a side step without moving the run's current step."""
+    flush()
     WorkflowStep.objects.update_or_create(
         run=run,
         step=step,
@@ -746,7 +759,7 @@ def on_documentation_completed(event: CanonicalEvent) -> None:
     _step(
         run, "documentation_completed", _when(event.data.get("signed_at")) or event.occurred_at, event=event
     )
-    run.save()
+    _save(run)
 
 
 def on_coding_completed(event: CanonicalEvent) -> None:
@@ -758,7 +771,7 @@ def on_coding_completed(event: CanonicalEvent) -> None:
         if event.data.get(key):
             run.context[key] = event.data[key]
     _step(run, "coding_completed", _when(event.data.get("coded_at")) or event.occurred_at, event=event)
-    run.save()
+    _save(run)
     advance(run, event=event)
 
 
@@ -784,7 +797,7 @@ def _send_correction_if_due(run: WorkflowRun, *, event: CanonicalEvent | None) -
         run.context.setdefault("accrual_versions", []).append(str(delta))
     run.context["claim_version"] = version
     run.context["correction_pending"] = False
-    run.save()
+    _save(run)
 
 
 # Claim lifecycle and remittance (events from the RCM: 999/277CA/835 mapped by their own connector) -------
@@ -793,11 +806,18 @@ def _send_correction_if_due(run: WorkflowRun, *, event: CanonicalEvent | None) -
 def _run_for_claim(event: CanonicalEvent) -> WorkflowRun | None:
     data = event.data
     key = str(data.get("patient_control_number") or (event.correlation or {}).get("encounter") or "")
+    tracked = _tracked_runs()
+    if key and tracked is not None and key in tracked:
+        return tracked[key]
+    flush()  # the claim id is looked up in the table: the chunk's run updates go first
     runs = WorkflowRun.objects.select_for_update().filter(workflow=WORKFLOW)
     run = runs.filter(business_key=key).first() if key else None
     claim_id = str(data.get("claim_id") or "")
     if run is None and claim_id:
         run = runs.filter(context__claim_id=claim_id).first()
+    if run is not None and tracked is not None and run.business_key in tracked:
+        # The chunk already holds this run: go on with that object, never with a second copy of the row.
+        return tracked[run.business_key]
     if run is None:
         ExceptionItem.objects.create(
             kind=ExceptionKind.MISMATCH,
@@ -822,7 +842,7 @@ def on_claim_accepted(event: CanonicalEvent) -> None:
     # The payer's acknowledgement of our void (frequency 8) is not the claim being accepted again.
     step = "void_accepted" if str(event.data.get("claim_frequency") or "") == "8" else "claim_accepted"
     _step(run, step, event.occurred_at, event=event, note=str(event.data.get("status_code", "")))
-    run.save()
+    _save(run)
 
 
 def on_claim_rejected(event: CanonicalEvent) -> None:
@@ -890,7 +910,7 @@ def on_claim_paid(event: CanonicalEvent) -> None:
     key = f"{source}:cash:{claim_id}:{trace}"
     payload = cash_payload(run, data, key, trace)
     _settle_forecast(run, data, event=event)
-    run.save()
+    _save(run)
     if payload is None:
         return
     _ask(run, JOURNAL_OPERATION, payload, key, event=event)
@@ -907,7 +927,7 @@ def on_remittance_received(event: CanonicalEvent) -> None:
     run.payer = str(data.get("payer") or "")[:120]
     run.amount = _decimal(data.get("amount"))
     _step(run, "received", _when(data.get("payment_date")) or event.occurred_at, event=event)
-    run.save()
+    _save(run)
     for claim in data.get("claims") or []:
         # Claims carried inside the remittance go the same way as a separate claim.paid event.
         if isinstance(claim, dict) and _decimal(claim.get("paid_amount")) > 0:
@@ -955,7 +975,7 @@ def _remittance_settled(
         _step(run, "posted", timezone.now(), delivery=delivery, note=note)
         run.status = RunStatus.COMPLETED
         run.completed_at = run.completed_at or timezone.now()
-    run.save()
+    _save(run)
 
 
 def cash_payload(run: WorkflowRun, data: dict[str, Any], key: str, trace: str) -> dict[str, Any] | None:
@@ -1017,7 +1037,10 @@ def _decimal(value: Any) -> Decimal:
 
 def _claim_delivery(run: WorkflowRun) -> Delivery | None:
     delivery_id = run.context.get("claim_delivery_id")
-    return Delivery.objects.filter(pk=delivery_id).first() if delivery_id else None
+    if not delivery_id:
+        return None
+    flush()  # a delivery asked for earlier in the chunk may not be written yet
+    return Delivery.objects.filter(pk=delivery_id).first()
 
 
 def _raise(
@@ -1035,7 +1058,7 @@ def _raise(
         payer=run.payer,
         amount=run.amount,
     )
-    run.save()
+    _save(run)
     return item
 
 
@@ -1043,12 +1066,21 @@ def _raise(
 
 
 def _run_for(business_key: str) -> WorkflowRun:
+    tracked = _tracked_runs()
+    if tracked is not None:
+        run = tracked.get(business_key)
+        if run is None:
+            _read_ahead(tracked)
+            run = tracked.get(business_key)
+        if run is None:
+            run = tracked[business_key] = _load_run(business_key)
+        return run
+    return _load_run(business_key)
+
+
+def _load_run(business_key: str) -> WorkflowRun:
     # The row lock orders concurrent events of one encounter (per business key ordering).
-    runs = WorkflowRun.objects.select_for_update()
-    if connection.vendor == "postgresql":
-        # The recorded step names come with the locked row, in the same round trip.
-        names = WorkflowStep.objects.filter(run=OuterRef("pk")).values("step")
-        runs = runs.select_for_update(of=("self",)).annotate(known_step_names=ArraySubquery(names))
+    runs = _locked_runs()
     run = runs.filter(workflow=WORKFLOW, business_key=business_key).first()
     created = False
     if run is None:
@@ -1058,6 +1090,20 @@ def _run_for(business_key: str) -> WorkflowRun:
         created = insert_if_new(run)
         if not created:
             run = runs.get(workflow=WORKFLOW, business_key=business_key)
+    _prime(run, created=created)
+    return run
+
+
+def _locked_runs() -> Any:
+    runs = WorkflowRun.objects.select_for_update()
+    if connection.vendor == "postgresql":
+        # The recorded step names come with the locked row, in the same round trip.
+        names = WorkflowStep.objects.filter(run=OuterRef("pk")).values("step")
+        runs = runs.select_for_update(of=("self",)).annotate(known_step_names=ArraySubquery(names))
+    return runs
+
+
+def _prime(run: WorkflowRun, *, created: bool) -> None:
     if not isinstance(run.context, dict):
         run.context = {}
     # The row lock makes this handler the only writer of the run's steps, so they can be known in memory.
@@ -1068,7 +1114,103 @@ def _run_for(business_key: str) -> WorkflowRun:
         setattr(run, _STEPS_ATTR, set(loaded))
     else:
         setattr(run, _STEPS_ATTR, _LOAD_STEPS)
-    return run
+
+
+# Event types whose handler works on the run of the event's subject (and starts it when it is new).
+_BY_SUBJECT = frozenset(
+    {
+        "encounter.admitted",
+        "charge.posted",
+        "encounter.discharged",
+        "encounter.discharge_cancelled",
+        "documentation.completed",
+        "coding.completed",
+    }
+)
+_RUNS = "discharge_to_bill.runs"
+_READ_AHEAD = "discharge_to_bill.read_ahead"
+_RUN_UPDATES = "discharge_to_bill.run_updates"
+_NEW_STEPS = "discharge_to_bill.new_steps"
+_RUN_FIELDS = [
+    f.name for f in WorkflowRun._meta.concrete_fields if not f.primary_key and f.name not in ("workflow",)
+]
+
+
+def _tracked_runs() -> dict[str, WorkflowRun] | None:
+    """The runs the current chunk holds, by encounter; None outside a chunk's unit of work."""
+    unit = current()
+    return unit.identity_map(_RUNS) if unit is not None else None
+
+
+def _read_ahead(tracked: dict[str, WorkflowRun]) -> None:
+    """Lock (or start) the runs of every encounter the chunk's events name, in two statements, not one a message.
+
+    Runs are locked in id order, as one statement takes them; the new ones are inserted with ON CONFLICT, so
+    a run another worker started meanwhile is read (and locked) instead.
+    """
+    unit = current()
+    if unit is None or connection.vendor != "postgresql":
+        return
+    done = unit.identity_map(_READ_AHEAD)
+    if done:
+        return
+    done[True] = True
+    keys = sorted(
+        {e.subject for e in unit.events if e.type in _BY_SUBJECT and e.subject and e.subject not in tracked}
+    )
+    if not keys:
+        return
+    found = {
+        run.business_key: run
+        for run in _locked_runs().filter(workflow=WORKFLOW, business_key__in=keys).order_by("id")
+    }
+    for run in found.values():
+        _prime(run, created=False)
+    new = [WorkflowRun(workflow=WORKFLOW, business_key=key) for key in keys if key not in found]
+    taken = []
+    for run, inserted in zip(new, insert_many_if_new(new, key=["workflow", "business_key"]), strict=True):
+        if inserted:
+            _prime(run, created=True)
+            found[run.business_key] = run
+        else:
+            taken.append(run.business_key)
+    if taken:
+        for run in _locked_runs().filter(workflow=WORKFLOW, business_key__in=taken).order_by("id"):
+            _prime(run, created=False)
+            found[run.business_key] = run
+    tracked.update(found)
+
+
+def _save(run: WorkflowRun) -> None:
+    """Save the run; within a chunk, a run the chunk holds is written once, with the others, at its end."""
+    unit = current()
+    if unit is None or run.pk is None or unit.identity_map(_RUNS).get(run.business_key) is not run:
+        run.save()
+        return
+    unit.pending(_RUN_UPDATES, dict, _write_runs)[run.pk] = run
+
+
+def _write_runs(runs: dict[int, WorkflowRun]) -> None:
+    now = timezone.now()
+    for run in runs.values():
+        run.updated_at = now
+    update_rows(list(runs.values()), _RUN_FIELDS)
+    for run in runs.values():
+        # As save() would: the KPI rollups mark the run dirty.
+        post_save.send(
+            sender=WorkflowRun,
+            instance=run,
+            created=False,
+            update_fields=None,
+            raw=False,
+            using=run._state.db,
+        )
+
+
+def _write_steps(steps: list[WorkflowStep]) -> None:
+    WorkflowStep.objects.bulk_create(steps)
+    for step in steps:
+        send_created(step)
 
 
 # A run loaded by _run_for carries the names of its recorded steps (read at first use), saving a query per
@@ -1080,6 +1222,7 @@ _LOAD_STEPS = object()
 def _known_steps(run: WorkflowRun) -> set[str] | None:
     steps = getattr(run, _STEPS_ATTR, None)
     if steps is _LOAD_STEPS:
+        flush()  # steps the chunk has not written yet count too
         steps = set(run.steps.values_list("step", flat=True))
         setattr(run, _STEPS_ATTR, steps)
     return steps
@@ -1155,7 +1298,7 @@ def _step(
 ) -> None:
     """Record a step once (the first time it is reached) and make it the run's current step."""
     if run.pk is None:
-        run.save()
+        _save(run)
     steps = _known_steps(run)
     if steps is None:
         WorkflowStep.objects.get_or_create(
@@ -1170,7 +1313,7 @@ def _step(
         )
     elif step not in steps:
         # No savepoint: the run's row lock rules out a concurrent insert of the same step.
-        WorkflowStep.objects.create(
+        row = WorkflowStep(
             run=run,
             step=step,
             occurred_at=occurred_at or timezone.now(),
@@ -1178,6 +1321,13 @@ def _step(
             delivery=delivery,
             note=note[:300],
         )
+        unit = current()
+        if unit is not None and unit.identity_map(_RUNS).get(run.business_key) is run:
+            # Nothing reads a step back before the chunk ends (the names are known in memory; what reads
+            # the table flushes first): the chunk's steps go in one statement.
+            unit.pending(_NEW_STEPS, list, _write_steps).append(row)
+        else:
+            row.save(force_insert=True)
         steps.add(step)
     run.step = step
 
@@ -1194,7 +1344,7 @@ def _raise_missing_data(run: WorkflowRun, missing: list[str], *, event: Canonica
         payer=run.payer,
         amount=run.amount,
     )
-    run.save()
+    _save(run)
     logger.info("run %s blocked: %s missing", run.pk, len(missing))
 
 

@@ -19,6 +19,7 @@ from healthsync.choices import DeliveryStatus, ExceptionKind, ExceptionStatus, R
 from healthsync.deliveries import connector_for_operation, delivery_request, delivery_reset
 from healthsync.models import CanonicalEvent, Delivery, ExceptionItem
 from healthsync.registry import workflow_registry
+from healthsync.unitofwork import flush
 from workflows.exceptions import exception_raise_or_refresh
 from workflows.models import WorkflowRun
 from workflows.runs import record_step, run_for
@@ -183,6 +184,7 @@ def _invoice_key(run: WorkflowRun, invoice: dict[str, Any]) -> str:
 
 def _posted_elsewhere(run: WorkflowRun, invoice: dict[str, Any]) -> str:
     """The PO a supplier's invoice number was already sent for, when it is another PO (a duplicate invoice)."""
+    flush()  # deliveries asked for earlier in the chunk are written at its end: look at them too
     other = Delivery.objects.filter(idempotency_key=_invoice_key(run, invoice)).exclude(
         business_key=run.business_key
     )

@@ -17,6 +17,7 @@ from healthsync.choices import DeliveryStatus, RunStatus
 from healthsync.deliveries import connector_for_operation, delivery_request
 from healthsync.models import CanonicalEvent, Delivery
 from healthsync.registry import workflow_registry
+from healthsync.unitofwork import snapshot
 from workflows.models import ParLevel
 from workflows.runs import record_step, run_for
 
@@ -57,9 +58,10 @@ def on_charges(event: CanonicalEvent) -> None:
     The charge id is the feed id, so a DFT sent twice (or a charge repeated in a later DFT) uses stock once.
     A credit (FT1-6 CD) is not usage: the supply was not used up, so it is left to a stock count.
     """
+    stocked = snapshot("workflows.stocked_charge_codes", _stocked_charge_codes)
     for charge in event.data.get("charges") or []:
         code = str(charge.get("chargemaster_code") or "")
-        if not code or charge.get("type", "CG") != "CG":
+        if not code or charge.get("type", "CG") != "CG" or code not in stocked:
             continue
         pars = list(ParLevel.objects.select_for_update().filter(charge_code=code).order_by("id"))
         if not pars:
@@ -68,6 +70,11 @@ def on_charges(event: CanonicalEvent) -> None:
         department = str(charge.get("department") or "")
         par = next((p for p in pars if p.location == department), pars[0])
         _use(par, _quantity(charge.get("quantity")), f"charge:{charge.get('charge_id')}", event)
+
+
+def _stocked_charge_codes() -> frozenset[str]:
+    # Most charges are services, not stocked supplies: one read per processing batch tells them apart.
+    return frozenset(ParLevel.objects.exclude(charge_code="").values_list("charge_code", flat=True))
 
 
 def _quantity(value: Any) -> int:

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from healthsync.models.governance import CodeTable, WorkflowSla
+from healthsync.unitofwork import snapshot
 
 if TYPE_CHECKING:
     from workflows.definitions import Workflow
@@ -52,6 +53,14 @@ def step_slas(workflow: Workflow) -> dict[str, timedelta | None]:
 
 
 def code_table(code: str) -> dict[str, str] | None:
-    """The entries of a deployed code table, None when no table has that code."""
-    entries = CodeTable.objects.filter(code=code).values_list("entries", flat=True).first()
+    """The entries of a deployed code table, None when no table has that code.
+
+    Read once per processing batch (a mapping rule looks it up for every message); a table deployed meanwhile
+    counts from the next batch on, like a newly activated mapping version.
+    """
+    entries = snapshot(("governance.code_table", code), lambda: _code_table_entries(code))
     return dict(entries) if entries is not None else None
+
+
+def _code_table_entries(code: str) -> dict[str, str] | None:
+    return CodeTable.objects.filter(code=code).values_list("entries", flat=True).first()
