@@ -141,6 +141,28 @@ def store_messages(items: Sequence[InboundItem], *, raw_connection: Any = None) 
     return outcomes
 
 
+def connect() -> Any:
+    """A psycopg connection for `store_messages(raw_connection=...)`: autocommit, to the default database.
+
+    The batch statement is prepared after a few runs (psycopg's default threshold) and kept on a generic plan:
+    planning it (a CTE inserting into a partitioned table) costs more than running it, and custom plans,
+    which PostgreSQL would otherwise keep choosing, plan it again on every batch. Without parameter values
+    the planner assumes a hundred items, which keeps the key lookups on MessageKey's index.
+    """
+    import psycopg
+
+    params = connection.get_connection_params()
+    for name in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(name, None)
+    conn = psycopg.connect(**params, autocommit=True)
+    try:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+    except Exception:
+        conn.close()
+        raise
+    return conn
+
+
 def _runner(raw_connection: Any) -> Any:
     """Run fn(cursor) in a transaction on the connection this batch is written with."""
 

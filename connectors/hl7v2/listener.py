@@ -188,13 +188,7 @@ class _Writer(threading.Thread):
         if connection.vendor != "postgresql" or not self.listener.raw_sql:
             return None
         if self._raw is None or self._raw.closed:
-            import psycopg
-
-            params = connection.get_connection_params()
-            for name in ("cursor_factory", "context"):
-                params.pop(name, None)
-            params.pop("prepare_threshold", None)
-            self._raw = psycopg.connect(**params, autocommit=True)
+            self._raw = ingest.connect()
         return self._raw
 
     def _drop_raw(self) -> None:

@@ -39,11 +39,7 @@ def connector() -> Connector:
 @pytest.fixture
 def raw_connection() -> Iterator[psycopg.Connection[Any]]:
     """An autocommit psycopg connection like the listener's writer opens."""
-    connection.ensure_connection()
-    params = connection.get_connection_params()
-    for name in ("cursor_factory", "context", "prepare_threshold"):
-        params.pop(name, None)
-    conn = psycopg.connect(**params, autocommit=True)
+    conn = ingest.connect()
     yield conn
     conn.close()
 
@@ -168,3 +164,11 @@ def test_a_key_another_writer_commits_meanwhile_makes_a_duplicate_on_the_listene
     first = Message.objects.get(control_id="RACE", status=MessageStatus.RECEIVED)
     assert outcomes[0].duplicate_of == first.pk
     assert Message.objects.filter(control_id="OTHER").count() == 1
+
+
+def test_the_listener_connection_keeps_the_batch_statement_on_one_generic_plan(
+    raw_connection: psycopg.Connection[Any],
+) -> None:
+    # Custom plans would plan the statement again for every batch, which costs more than running it.
+    assert raw_connection.autocommit
+    assert raw_connection.execute("SHOW plan_cache_mode").fetchone() == ("force_generic_plan",)
