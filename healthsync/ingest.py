@@ -2,7 +2,9 @@
 
 Protocol-neutral: listeners (MLLP, HTTP, file pollers) hand over what they read from the wire and answer the
 sender only after `store_messages` returns, i.e. after the commit. Many messages go in one transaction so
-that the commit cost is shared; the rows are the work queue, so nothing else needs writing.
+that the commit cost is shared; the rows are the work queue, so nothing else needs writing. On PostgreSQL a
+whole batch (ids, keys, rows) is one statement: on the listener's autocommit connection the batch costs one
+round trip, which is what a sender waiting for each ACK on one connection sees.
 
 Dedupe: the first copy of (connector, sender, control id) owns its key, a MessageKey row written in the same
 transaction (the message store is partitioned by time on PostgreSQL, where a unique index could not span the
@@ -15,6 +17,7 @@ On PostgreSQL each process makes sure, once per partition range, that a partitio
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -103,21 +106,28 @@ def store_messages(items: Sequence[InboundItem], *, raw_connection: Any = None) 
     """Store `items` in one transaction, deduplicated; outcomes in the same order. Kicks the worker after commit.
 
     Raises the database error (nothing stored) when the commit fails: the caller must then not acknowledge.
-    `raw_connection` (an autocommit psycopg connection, PostgreSQL only) takes the listener's fast path:
-    the same statements on that connection, without the ORM.
+    `raw_connection` (an autocommit psycopg connection, PostgreSQL only) takes the listener's fast path: the
+    batch statement on that connection, without the ORM, committed by the database when the statement ends,
+    so that a batch costs one round trip.
     """
     if not items:
         return []
     if connection.vendor == "postgresql":
         partitions.ingest_coverage.ensure(_runner(raw_connection), timezone.now())
-    if raw_connection is not None and _raw_sql() is not None:
-        try:
-            return _store_raw(raw_connection, items)
-        except Exception as exc:
-            if not isinstance(exc, _KeyRace) and getattr(exc, "sqlstate", None) != "23505":
-                raise
-            # Another listener stored one of these keys after we looked: the ORM path settles it row by row.
     keys = [_key_for(item) for item in items]
+    if raw_connection is not None and _batch_sql() is not None:
+        try:
+            with contextlib.nullcontext() if raw_connection.autocommit else raw_connection.transaction():
+                outcomes = _store_in_one_statement(raw_connection.cursor(), items, keys)
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != "23505":
+                raise
+            # Another listener stored one of these keys after we looked: the ORM path settles it.
+            logger.info("ingest: dedupe race on a batch of %d, storing it again", len(items))
+        else:
+            if any(o.status == MessageStatus.RECEIVED for o in outcomes):
+                kick_worker()
+            return outcomes
     try:
         with transaction.atomic():
             outcomes = _store(items, keys)
@@ -129,6 +139,28 @@ def store_messages(items: Sequence[InboundItem], *, raw_connection: Any = None) 
             outcomes = _store_row_by_row(items, keys)
             _kick_after_commit(outcomes)
     return outcomes
+
+
+def connect() -> Any:
+    """A psycopg connection for `store_messages(raw_connection=...)`: autocommit, to the default database.
+
+    The batch statement is prepared after a few runs (psycopg's default threshold) and kept on a generic plan:
+    planning it (a CTE inserting into a partitioned table) costs more than running it, and custom plans,
+    which PostgreSQL would otherwise keep choosing, plan it again on every batch. Without parameter values
+    the planner assumes a hundred items, which keeps the key lookups on MessageKey's index.
+    """
+    import psycopg
+
+    params = connection.get_connection_params()
+    for name in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(name, None)
+    conn = psycopg.connect(**params, autocommit=True)
+    try:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+    except Exception:
+        conn.close()
+        raise
+    return conn
 
 
 def _runner(raw_connection: Any) -> Any:
@@ -151,7 +183,8 @@ def _kick_after_commit(outcomes: list[StoreOutcome]) -> None:
 
 _Spec = tuple[InboundItem, str | None, str, int | None]  # item, dedupe key, status, duplicate of
 
-# Fields whose Python values COPY takes as they are; anything else (JSON, custom) makes the ORM path the safe one.
+# Field types whose Python values the one-statement path binds as they are; anything else (JSON, custom) makes
+# the ORM path the safe one.
 _PLAIN_TYPES = {
     "CharField",
     "TextField",
@@ -167,80 +200,102 @@ _PLAIN_TYPES = {
     "BooleanField",
 }
 _FIELDS = [f for f in Message._meta.concrete_fields if not f.primary_key]
+# What each item brings, bound as one array per column (element i is item i); the rest are set by the statement.
+_ITEM_COLUMNS = ("connector_id", "raw", "sender", "control_id", "message_type", "lane", "status", "error")
+_SET_BY_STATEMENT = {"received_at", "sha256", "status", "dedupe_key", "duplicate_of_id"}
 
 
 @functools.cache
-def _copy_sql() -> str | None:
+def _batch_sql() -> tuple[str, list[Any]] | None:
+    """The statement that stores a whole batch on PostgreSQL, and the constant parameters it ends with.
+
+    One statement, so one round trip: on an autocommit connection it is its own transaction and returns only
+    once committed. It reserves an id per item in arrival order (per-key ordering relies on it), claims each
+    new key for the first item that has it (keys in sorted order, so two listeners never deadlock), reads the
+    ids of keys stored before, and inserts every item: first copies with their key, later ones as duplicates
+    of the first. Rows: (id, status, duplicate of) per item, in order.
+
+    Parameters (_batch_params): one array per _ITEM_COLUMNS and one of dedupe keys, the duplicate status,
+    received_at, then the constants this function returns (defaults of the columns nothing else sets).
+
+    A race with another listener: ON CONFLICT waits for the other transaction and then skips the key, which
+    this statement's snapshot cannot see. Such a key is inserted again without ON CONFLICT, which fails with a
+    unique violation (23505): the batch is rolled back and the caller stores it again (see store_messages).
+    """
     if not all(f.get_internal_type() in _PLAIN_TYPES for f in _FIELDS):
         return None
     quote = connection.ops.quote_name
-    columns = ", ".join([quote(Message._meta.pk.column), *(quote(f.column) for f in _FIELDS)])
-    return f"COPY {quote(Message._meta.db_table)} ({columns}) FROM STDIN"
-
-
-def _claim_sql(sequence: str) -> str:
-    """One round trip on PostgreSQL: an id for every item (in arrival order, which per-key ordering relies
-    on), each new key claimed with the id of its first item, and the ids of keys stored before. Parameters:
-    [sequence args,] item count, keys, 1-based position of each key's first item, keys. Rows: (NULL, id,
-    position, NULL) per item, (key, id, NULL, True) claimed, (key, id, NULL, False) stored before.
-
-    MessageKey's primary key settles a race with another listener: ON CONFLICT waits for its transaction and
-    then skips the key, which this statement's snapshot cannot see (the caller then settles row by row).
-    """
-    table = connection.ops.quote_name(MessageKey._meta.db_table)
-    # The table name comes from the model; every value is a parameter.
-    return (
-        f"WITH ids AS MATERIALIZED (SELECT n, nextval({sequence}) AS id FROM generate_series(1, %s) AS n), "  # noqa: S608
-        f"claimed AS (INSERT INTO {table} (key, message_id) "
-        "SELECT k.key, ids.id FROM unnest(%s::varchar[], %s::int[]) AS k(key, n) JOIN ids USING (n) "
-        "ON CONFLICT DO NOTHING RETURNING key, message_id) "
-        "SELECT NULL, id, n, NULL FROM ids "
-        "UNION ALL SELECT key, message_id, NULL, true FROM claimed "
-        f"UNION ALL SELECT key, message_id, NULL, false FROM {table} WHERE key = ANY(%s::varchar[])"
+    by_name = {f.attname: f for f in _FIELDS}
+    message, keys = quote(Message._meta.db_table), quote(MessageKey._meta.db_table)
+    pk = Message._meta.pk.column
+    arrays = ", ".join(f"%b::{_array_type(by_name[c])}[]" for c in _ITEM_COLUMNS)
+    key_type = _array_type(MessageKey._meta.pk)
+    defaults = [f for f in _FIELDS if f.attname not in _SET_BY_STATEMENT and f.attname not in _ITEM_COLUMNS]
+    columns = [
+        pk,
+        "received_at",
+        *_ITEM_COLUMNS,
+        "sha256",
+        "dedupe_key",
+        "duplicate_of_id",
+        *(f.attname for f in defaults),
+    ]
+    default_values = ", ".join(f"%s::{f.db_type(connection)}" for f in defaults)
+    item_names = ", ".join(f"i.{c}" for c in _ITEM_COLUMNS if c != "status")
+    # Table and column names come from the models; every value is a parameter.
+    sql = (
+        "WITH items AS MATERIALIZED ("  # noqa: S608
+        f"  SELECT i.*, nextval((SELECT pg_get_serial_sequence('{Message._meta.db_table}', '{pk}')::regclass)) AS id"
+        f"  FROM unnest({arrays}, %b::{key_type}[]) WITH ORDINALITY AS i({', '.join(_ITEM_COLUMNS)}, key, n)"
+        "  ORDER BY i.n), "
+        f"claimed AS (INSERT INTO {keys} (key, message_id) "
+        "  SELECT DISTINCT ON (key) key, id FROM items WHERE key IS NOT NULL ORDER BY key, n "
+        "  ON CONFLICT DO NOTHING RETURNING key, message_id), "
+        "plan AS MATERIALIZED ("
+        f"  SELECT i.n, i.id, i.key, {item_names}, i.status AS item_status,"
+        "    NULLIF(COALESCE(c.message_id, s.message_id), i.id) AS duplicate_of,"
+        "    i.key IS NOT NULL AND c.message_id IS NULL AND s.message_id IS NULL AS raced"
+        f"  FROM items i LEFT JOIN claimed c ON c.key = i.key LEFT JOIN {keys} s ON s.key = i.key), "
+        f"raced AS (INSERT INTO {keys} (key, message_id) SELECT key, id FROM plan WHERE raced), "
+        "outcome AS MATERIALIZED ("
+        "  SELECT plan.*, CASE WHEN duplicate_of IS NULL THEN item_status ELSE %s END AS final_status,"
+        "    CASE WHEN duplicate_of IS NULL THEN key END AS owned_key FROM plan), "
+        f"stored AS (INSERT INTO {message} ({', '.join(quote(c) for c in columns)}) "
+        f"  SELECT id, %s::timestamptz, {', '.join(c if c != 'status' else 'final_status' for c in _ITEM_COLUMNS)},"
+        f"    encode(sha256(raw), 'hex'), owned_key, duplicate_of, {default_values} FROM outcome) "
+        "SELECT id, final_status, duplicate_of FROM outcome ORDER BY n"
     )
+    return sql, [f.get_db_prep_save(f.get_default(), connection) for f in defaults]
 
 
-def _claim_params(keys: list[str | None]) -> tuple[list[str], list[int]]:
-    """The batch's distinct keys and the 1-based position of each one's first item."""
-    firsts: dict[str, int] = {}
-    for position, key in enumerate(keys, start=1):
-        if key is not None:
-            firsts.setdefault(key, position)
-    wanted = sorted(firsts)  # one order for every listener, so two claims never deadlock
-    return wanted, [firsts[k] for k in wanted]
+def _array_type(field: Any) -> str:
+    # Text, not varchar(n): a cast to varchar(n) would cut a long value silently where the insert refuses it.
+    if field.get_internal_type() in {"CharField", "TextField", "SlugField"}:
+        return "text"
+    return str(field.db_type(connection))
 
 
-class _KeyRace(Exception):
-    """Another listener stored one of the batch's keys while the claim waited for it."""
+def _batch_params(items: Sequence[InboundItem], keys: list[str | None], now: datetime) -> list[Any]:
+    sql = _batch_sql()
+    assert sql is not None
+    limits = {"sender": _SENDER_MAX, "control_id": _CONTROL_MAX, "message_type": _TYPE_MAX}
+    arrays = [
+        [getattr(item, c)[: limits[c]] for item in items]
+        if c in limits
+        else [getattr(item, c) for item in items]
+        for c in _ITEM_COLUMNS
+    ]
+    return [*arrays, keys, MessageStatus.DUPLICATE, now, *sql[1]]
 
 
-_Plan = tuple[int, InboundItem, str | None, str, int | None]  # id, item, key owned, status, duplicate of
-
-
-def _assign(items: Sequence[InboundItem], keys: list[str | None], rows: list[tuple[Any, ...]]) -> list[_Plan]:
-    """Give each item its id and outcome from the claim's rows, in the items' order."""
-    ids: dict[int, int] = {}
-    claimed: dict[str, int] = {}
-    existing: dict[str, int] = {}
-    for key, pk, position, is_new in rows:
-        if key is None:
-            ids[position] = pk
-        elif is_new:
-            claimed[key] = pk
-        else:
-            existing[key] = pk
-    plan: list[_Plan] = []
-    for position, (item, key) in enumerate(zip(items, keys, strict=True), start=1):
-        pk = ids[position]
-        if key is None:
-            plan.append((pk, item, None, item.status, None))
-        elif claimed.get(key) == pk:
-            plan.append((pk, item, key, item.status, None))
-        elif key in claimed or key in existing:
-            plan.append((pk, item, None, MessageStatus.DUPLICATE, claimed.get(key) or existing[key]))
-        else:
-            raise _KeyRace("a key was stored by another transaction during the claim")
-    return plan
+def _store_in_one_statement(
+    cursor: Any, items: Sequence[InboundItem], keys: list[str | None]
+) -> list[StoreOutcome]:
+    """Run the batch statement on a psycopg cursor (server-side binding: the arrays go as binary)."""
+    sql = _batch_sql()
+    assert sql is not None
+    cursor.execute(sql[0], _batch_params(items, keys, timezone.now()))
+    return [StoreOutcome(pk, status, first) for pk, status, first in cursor.fetchall()]
 
 
 def _values(spec: _Spec, now: datetime) -> dict[str, Any]:
@@ -262,31 +317,16 @@ def _values(spec: _Spec, now: datetime) -> dict[str, Any]:
 
 
 def _store(items: Sequence[InboundItem], keys: list[str | None]) -> list[StoreOutcome]:
+    if connection.vendor == "postgresql" and _batch_sql() is not None:
+        import psycopg
+
+        connection.ensure_connection()
+        # Django's own cursors bind on the client (values spelled into the SQL text): a plain psycopg cursor
+        # sends the arrays as binary parameters. Wrapped so that a unique violation is an IntegrityError.
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+            return _store_in_one_statement(cursor, items, keys)
     wanted = sorted({k for k in keys if k is not None})
-    copy_sql = _copy_sql() if connection.vendor == "postgresql" else None
     now = timezone.now()
-    if copy_sql is not None:
-        claim_keys, positions = _claim_params(keys)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _claim_sql("pg_get_serial_sequence(%s, %s)"),
-                [
-                    Message._meta.db_table,
-                    Message._meta.pk.column,
-                    len(items),
-                    claim_keys,
-                    positions,
-                    claim_keys,
-                ],
-            )
-            rows = cursor.fetchall()
-        try:
-            plan = _assign(items, keys, rows)
-        except _KeyRace as exc:
-            raise IntegrityError(str(exc)) from None
-        # Ids are known up front, so first copies and later ones go in one COPY.
-        _copy(copy_sql, [(pk, (item, key, status, first)) for pk, item, key, status, first in plan], now)
-        return [StoreOutcome(pk, status, first) for pk, _item, _key, status, first in plan]
     existing = (
         dict(MessageKey.objects.filter(key__in=wanted).values_list("key", "message_id")) if wanted else {}
     )
@@ -329,17 +369,6 @@ def _owned(firsts: list[int], rows: list[Message], keys: list[str | None]) -> li
     return [(i, row.pk) for i, row in zip(firsts, rows, strict=True) if keys[i] is not None]
 
 
-def _copy(sql: str, rows: list[tuple[int, _Spec]], now: datetime) -> None:
-    """COPY rows in: the ORM's per-value work (even array parameters) costs more than the database here."""
-    defaults = {f.attname: f.get_default() for f in _FIELDS}
-    names = [f.attname for f in _FIELDS]
-    # Django wraps execute() errors only: wrap COPY's too, so a unique violation is an IntegrityError.
-    with connection.cursor() as cursor, connection.wrap_database_errors, cursor.cursor.copy(sql) as copy:
-        for pk, spec in rows:
-            values = _values(spec, now)
-            copy.write_row([pk, *(values[n] if n in values else defaults[n] for n in names)])
-
-
 def _store_row_by_row(items: Sequence[InboundItem], keys: list[str | None]) -> list[StoreOutcome]:
     outcomes: list[StoreOutcome] = []
     for item, key in zip(items, keys, strict=True):
@@ -368,97 +397,73 @@ def _store_row_by_row(items: Sequence[InboundItem], keys: list[str | None]) -> l
     return outcomes
 
 
-@functools.cache
-def _raw_sql() -> tuple[str, str] | None:
-    """The fast path's two statements: claim keys + reserve ids (one round trip), and COPY."""
-    copy_sql = _copy_sql()
-    if copy_sql is None:
-        return None
-    table = Message._meta.db_table
-    claim = _claim_sql(f"pg_get_serial_sequence('{table}', '{Message._meta.pk.column}')")
-    return claim, copy_sql
-
-
-def _store_raw(conn: Any, items: Sequence[InboundItem]) -> list[StoreOutcome]:
-    """The listener's fast path on PostgreSQL: its own psycopg connection, no ORM, one transaction.
-
-    Same rows and outcomes as `_store`: ids reserved, new keys claimed and stored keys read in one round
-    trip, then one COPY of first copies and duplicates alike, then the commit.
-    """
-    sql = _raw_sql()
-    assert sql is not None
-    claim, copy_sql = sql
-    keys = [_key_for(item) for item in items]
-    claim_keys, positions = _claim_params(keys)
-    now = timezone.now()
-    with conn.transaction(), conn.cursor() as cursor:
-        cursor.execute(claim, [len(items), claim_keys, positions, claim_keys])
-        plan = _assign(items, keys, cursor.fetchall())
-        with cursor.copy(copy_sql) as copy:
-            for pk, item, key, status, first in plan:
-                copy.write_row(_copy_row(pk, item, key, status, first, now))
-    outcomes = [StoreOutcome(pk, status, first) for pk, _item, _key, status, first in plan]
-    if any(o.status == MessageStatus.RECEIVED for o in outcomes):
-        kick_worker()
-    return outcomes
-
-
-@functools.cache
-def _copy_layout() -> tuple[list[str], dict[str, Any]]:
-    names = [f.attname for f in _FIELDS]
-    return names, {f.attname: f.get_default() for f in _FIELDS}
-
-
-def _copy_row(
-    pk: int, item: InboundItem, key: str | None, status: str, duplicate_of: int | None, now: datetime
-) -> list[Any]:
-    names, defaults = _copy_layout()
-    values = _values((item, key, status, duplicate_of), now)
-    return [pk, *(values[n] if n in values else defaults[n] for n in names)]
-
-
 class _Kicker:
     """Debounced worker kick: callers only raise a flag; one background thread enqueues at most once per
     interval, and a flag raised meanwhile is served after it, so no batch is left without a kick and no
-    acknowledgement waits for the enqueue."""
+    acknowledgement waits for the enqueue.
 
-    def __init__(self, interval: float) -> None:
+    The thread keeps its database connection while kicks keep coming (a new connection per kick cost more
+    than the kick itself, four times a second under steady load) and leaves, closing it, after `linger`
+    seconds without one, or when `flush` asks.
+    """
+
+    def __init__(self, interval: float, linger: float = 2.0) -> None:
         self.interval = interval
+        self.linger = linger
         self._wanted = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._available: bool | None = None
         self._sending = False
+        self._leaving = False
 
     def __call__(self) -> None:
-        self._wanted.set()
-        if self._thread is None or not self._thread.is_alive():
-            with self._lock:
-                if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(target=self._run, name="ingest-kicker", daemon=True)
-                    self._thread.start()
+        with self._lock:
+            self._wanted.set()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ingest-kicker", daemon=True)
+                self._thread.start()
 
     def _run(self) -> None:
         from django.db import connection as thread_connection
 
-        while self._wanted.wait(timeout=60):
-            self._sending = True
-            self._wanted.clear()
-            try:
-                self._enqueue()
-            finally:
-                # Do not hold a connection between kicks (it would outlive test databases and idle on PG).
-                thread_connection.close()
-                self._sending = False
-            time.sleep(self.interval)
+        try:
+            while True:
+                self._wanted.wait(timeout=self.linger)
+                # Leave under the lock, so that a kick asked for from now on starts a new thread.
+                with self._lock:
+                    if self._leaving or not self._wanted.is_set():
+                        self._thread = None
+                        return
+                    self._wanted.clear()
+                    self._sending = True
+                try:
+                    self._enqueue()
+                finally:
+                    self._sending = False
+                time.sleep(self.interval)
+        finally:
+            # Do not hold a connection once kicks stop (it would outlive test databases and idle on PG).
+            thread_connection.close()
 
     def flush(self, timeout: float = 5.0) -> None:
-        """Wait until every kick asked for has been sent: listeners call this when they stop."""
+        """Send every kick asked for, then let the thread go with its connection: listeners call this when
+        they stop (a kick asked for while it leaves is dropped; the worker also polls)."""
         deadline = time.monotonic() + timeout
         while (self._wanted.is_set() or self._sending) and time.monotonic() < deadline:
             if self._thread is None or not self._thread.is_alive():
-                return
+                break
             time.sleep(0.01)
+        with self._lock:
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                return
+            self._leaving = True
+            self._wanted.set()
+        thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            self._leaving = False
+            self._wanted.clear()
 
     def _enqueue(self) -> None:
         if self._available is None:

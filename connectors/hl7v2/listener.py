@@ -2,8 +2,8 @@
 
 The event loop reads frames, reads only the MSH line (reader.read_header; the full reader settles anything
 unusual) and decides accept or reject; one writer thread drains everything waiting and stores it in one
-transaction (on PostgreSQL on its own psycopg connection: reserve ids, COPY, commit; no ORM), then resolves
-each waiter. ACKs for accepted messages come from a per-sender template. A connection's ACKs go back in the
+transaction (on PostgreSQL on its own autocommit psycopg connection: one statement, so one round trip, that
+is its own transaction; no ORM), then resolves each waiter. ACKs for accepted messages come from a per-sender template. A connection's ACKs go back in the
 order its messages arrived, even when the sender pipelines. If the commit fails, every waiter of that batch
 gets AE 207 and nothing is acknowledged AA; the next batch reconnects.
 
@@ -188,13 +188,7 @@ class _Writer(threading.Thread):
         if connection.vendor != "postgresql" or not self.listener.raw_sql:
             return None
         if self._raw is None or self._raw.closed:
-            import psycopg
-
-            params = connection.get_connection_params()
-            for name in ("cursor_factory", "context"):
-                params.pop(name, None)
-            params.pop("prepare_threshold", None)
-            self._raw = psycopg.connect(**params, autocommit=True)
+            self._raw = ingest.connect()
         return self._raw
 
     def _drop_raw(self) -> None:

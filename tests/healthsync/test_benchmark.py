@@ -20,6 +20,7 @@ RATE_KEYS = [
     "ingest_msgs_per_s_64conn",
     "ingest_msgs_per_s_1conn",
     "pg_batch_insert_rows_per_s",
+    "pg_single_commit_per_s",
 ]
 
 
@@ -39,6 +40,7 @@ def test_benchmark_quick_prints_every_figure_as_a_number_and_cleans_up() -> None
     for conns in (1, 16, 64):
         assert isinstance(result[f"ingest_{conns}conn_vs_pg_batch_insert"], float)
         assert result[f"ingest_{conns}conn_not_aa"] == 0
+    assert isinstance(result["ingest_1conn_vs_pg_single_commit"], float)
     assert isinstance(result["process_vs_pg_batch_insert"], float)
     assert result["latency"]["events"] > 0
     # Everything the run stored is gone, and so is its connector.
@@ -62,6 +64,11 @@ def test_skipped_measurements_are_null_with_a_reason() -> None:
 
 def test_batched_insert_rate_runs_on_the_test_database() -> None:
     rate = benchmark.pg_batch_insert_rate(seconds=0.2, batch=100)
+    assert isinstance(rate, float) and rate > 0
+
+
+def test_single_commit_rate_runs_on_the_test_database() -> None:
+    rate = benchmark.pg_batch_insert_rate(seconds=0.2, batch=1)
     assert isinstance(rate, float) and rate > 0
 
 
