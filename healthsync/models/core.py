@@ -262,8 +262,10 @@ class Message(models.Model):
     """
 
     # No database constraint: partition DDL (attach, detach, drop) would otherwise lock the connector table.
+    # No index of its own either: message_connector_time (connector, received_at) serves every lookup by connector,
+    # and each index costs a write per message stored, triaged, claimed and finished.
     connector = models.ForeignKey(
-        Connector, on_delete=models.PROTECT, related_name="messages", db_constraint=False
+        Connector, on_delete=models.PROTECT, related_name="messages", db_constraint=False, db_index=False
     )
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
     raw = models.BinaryField()
@@ -344,7 +346,7 @@ class CanonicalEvent(models.Model):
     """A canonical business event (CloudEvents envelope) with its lineage: source message and mapping version."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    type = models.CharField(max_length=80, db_index=True)
+    type = models.CharField(max_length=80)  # indexed by event_type_time (type, recorded_at)
     source = models.CharField(max_length=200, help_text="The system that emitted the fact.")
     subject = models.CharField(
         max_length=200, db_index=True, help_text="The business key, e.g. encounter id."
