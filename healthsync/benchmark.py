@@ -333,15 +333,29 @@ def worker_process() -> Iterator[subprocess.Popen[bytes]]:
     """A worker draining received messages continuously (`manage.py benchmark --worker-loop`)."""
     env = {**os.environ, "DATABASE_URL": database_url()}
     cmd = [sys.executable, manage_py(), "benchmark", "--worker-loop"]
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
+        _wait_until_ready(process)
         yield process
     finally:
         stop_process(process)
 
 
+def _wait_until_ready(process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Wait for the worker's "ready" line: a deployed worker is already running when messages arrive, so its
+    start-up (Django, the first configuration load) must not be counted as the first messages' latency."""
+    import selectors
+
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if selector.select(timeout) and process.stdout.readline().strip() == b"ready":
+            return
+    raise RuntimeError("a benchmark worker did not start within a minute")
+
+
 def worker_loop(stop: Any = None) -> None:
-    """Process received messages as soon as they are committed, until SIGTERM."""
+    """Process received messages as soon as they are committed, until SIGTERM; says "ready" once warm."""
     from healthsync import pipeline
 
     running = [True]
@@ -351,6 +365,9 @@ def worker_loop(stop: Any = None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    pipeline.process_pending()  # loads the configuration and opens the connection
+    print("ready", flush=True)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # nobody reads the pipe from now on: never block on it
     while running[0]:
         if pipeline.process_pending() == 0:
             time.sleep(0.01)
