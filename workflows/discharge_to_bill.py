@@ -709,12 +709,22 @@ def _request_forecast(run: WorkflowRun, key: str, *, event: CanonicalEvent | Non
 
 
 def _post_forecast_change(
-    run: WorkflowRun, kind: str, amount: Decimal, version: int, *, event: CanonicalEvent | None
+    run: WorkflowRun,
+    kind: str,
+    amount: Decimal,
+    version: int,
+    *,
+    event: CanonicalEvent | None,
+    suffix: str = "",
 ) -> None:
-    """A true-up (actual minus expected, at remittance) or a reversal (the claim was voided) of the forecast."""
+    """A true-up (actual minus expected, at remittance) or a reversal (the claim was voided) of the forecast.
+
+    `suffix` (a later remittance's trace number) keys a further true-up of the same claim version apart.
+    """
     forecast = run.context.get("forecast") or {}
     source = run.context.get("source_system", "unknown")
     key = f"{source}:{'trueup' if kind == 'true_up' else 'forecast-reversal'}:{run.business_key}:{version}"
+    key += f":{suffix}" if suffix else ""
     payload = _forecast_payload(run, key, kind, amount)
     payload["forecast_reference"] = forecast.get("key", "")
     _ask(run, FORECAST_OPERATION, payload, key, event=event)
@@ -885,15 +895,31 @@ def on_claim_denied(event: CanonicalEvent) -> None:
 
 
 def _settle_forecast(run: WorkflowRun, remit: dict[str, Any], *, event: CanonicalEvent | None) -> None:
-    """The first remittance of the claim, paid or denied, settles the forecast: the difference is its true-up."""
+    """The first remittance of the claim, paid or denied, settles the forecast: the difference is its true-up.
+
+    A later remittance with another trace number (an appeal paid after a denial, a corrected payment) trues up
+    again by what it changes; the same remittance seen twice changes nothing.
+    """
     forecast = run.context.get("forecast") or {}
-    if not forecast.get("key") or forecast.get("trued_up"):
+    if not forecast.get("key"):
         return
     actual = _decimal(remit.get("paid_amount")) + _decimal(remit.get("patient_responsibility"))
-    difference = actual - _decimal(forecast.get("expected"))
-    forecast.update({"trued_up": True, "actual": str(actual), "difference": str(difference)})
+    trace = str(remit.get("trace_number") or "")
     version = int(run.context.get("claim_version") or 1)
-    _post_forecast_change(run, "true_up", difference, version, event=event)
+    if not forecast.get("trued_up"):
+        difference = actual - _decimal(forecast.get("expected"))
+        forecast.update(
+            {"trued_up": True, "actual": str(actual), "difference": str(difference), "traces": [trace]}
+        )
+        _post_forecast_change(run, "true_up", difference, version, event=event)
+        return
+    traces = forecast.setdefault("traces", [])
+    change = actual - _decimal(forecast.get("actual"))
+    if trace in traces or not change:
+        return
+    traces.append(trace)
+    forecast.update({"actual": str(actual), "difference": str(actual - _decimal(forecast.get("expected")))})
+    _post_forecast_change(run, "true_up", change, version, event=event, suffix=trace)
 
 
 def on_claim_paid(event: CanonicalEvent) -> None:

@@ -408,3 +408,28 @@ def test_a_payer_contract_rate_sets_the_forecast_and_the_remittance_trues_it_up_
     assert true_up["forecast_reference"] == forecast["external_reference"]
     assert "forecast_trued_up" in _steps(_run())
     assert _run().context["forecast"]["difference"] == "299.70"
+
+
+def test_an_appeal_paid_after_a_denial_trues_the_forecast_up_again_once(sims: tuple) -> None:
+    _, erp = sims
+    ReimbursementRate.objects.create(payer_id="*", percent=Decimal("80"))
+    run = _billed(sims)
+    claim_id = run.context["claim_id"]
+    emit("claim.denied", claim_id, {"claim_id": claim_id, "trace_number": "TRN-D"}, ref="835-d")
+    assert [f["amount"] for f in _forecasts(erp, "true_up")] == ["-2600.40"]
+
+    # The appeal is won: a later 835 pays the claim. The forecast moves by what this remittance changes.
+    paid = {
+        "claim_id": claim_id,
+        "patient_control_number": "V1001",
+        "paid_amount": "2400.00",
+        "patient_responsibility": "200.00",
+        "trace_number": "TRN-A",
+        "payment_date": "2026-03-01",
+    }
+    emit("claim.paid", claim_id, paid, ref="835-a")
+    emit("claim.paid", claim_id, paid, ref="835-a-resent")
+
+    assert sorted(f["amount"] for f in _forecasts(erp, "true_up")) == ["-2600.40", "2600.00"]
+    forecast = _run().context["forecast"]
+    assert forecast["actual"] == "2600.00" and forecast["difference"] == "-0.40"
