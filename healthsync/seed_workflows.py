@@ -278,17 +278,34 @@ def remits_route_x12(
         "archive_dir": "archive",
         "error_dir": "error",
     }
-    connector = Connector.objects.filter(code=X12_REMITS_CONNECTOR).first()
+    system = System.objects.filter(code="rcm-main").first()
+    assert system is not None, "seed the reference config (rcm-main) first"
+    return _inbound_files_connector(
+        X12_REMITS_CONNECTOR,
+        system,
+        "RCM answers (X12 277CA/835 mailbox)",
+        Protocol.X12,
+        Lane.FINANCIAL,
+        config,
+        secrets,
+    )
+
+
+def _inbound_files_connector(
+    code: str,
+    system: System,
+    name: str,
+    protocol: str,
+    lane: str,
+    config: dict[str, Any],
+    secrets: dict[str, str] | None,
+) -> Connector:
+    """Create or update an enabled inbound connector that picks files up; its config is merged, not replaced,
+    so settings an engineer added in the console survive a reseed."""
+    connector = Connector.objects.filter(code=code).first()
     if connector is None:
-        system = System.objects.filter(code="rcm-main").first()
-        assert system is not None, "seed the reference config (rcm-main) first"
         connector = Connector(
-            system=system,
-            code=X12_REMITS_CONNECTOR,
-            name="RCM answers (X12 277CA/835 mailbox)",
-            direction=Direction.INBOUND,
-            protocol=Protocol.X12,
-            lane=Lane.FINANCIAL,
+            system=system, code=code, name=name, direction=Direction.INBOUND, protocol=protocol, lane=lane
         )
     connector.config = {**(connector.config or {}), **config}
     connector.is_enabled = True
@@ -348,19 +365,6 @@ def payroll_route(
     system, _ = System.objects.get_or_create(
         code=PAYROLL_SYSTEM, defaults={"name": "Payroll", "kind": SystemKind.SAAS}
     )
-    connector = Connector.objects.filter(code=PAYROLL_CONNECTOR).first()
-    if connector is None:
-        connector = Connector(
-            system=system,
-            code=PAYROLL_CONNECTOR,
-            name="Payroll files (labour cost)",
-            direction=Direction.INBOUND,
-            protocol=Protocol.FILE,
-            lane=Lane.BATCH,
-        )
-    connector.config = {**(connector.config or {}), **config}
-    connector.is_enabled = True
-    if secrets:
-        connector.secrets = secrets
-    connector.save()
-    return connector
+    return _inbound_files_connector(
+        PAYROLL_CONNECTOR, system, "Payroll files (labour cost)", Protocol.FILE, Lane.BATCH, config, secrets
+    )

@@ -107,18 +107,7 @@ class FilesAdapter:
         """Open the source (inbound) or destination (outbound) folder and list it; nothing is moved."""
         config = connector.config or {}
         location = config.get("source" if connector.direction == Direction.INBOUND else "destination")
-        if validate_location(location):
-            return False, "The connector has no valid source/destination location"
-        try:
-            with open_transport(
-                location, timeout=connector.timeout_seconds, secrets=connector_secrets(connector)
-            ) as transport:
-                count = len(transport.list(""))
-        except ConnectorError as exc:
-            return False, exc.message
-        except OSError as exc:
-            return False, f"The folder cannot be listed: {exc.strerror or type(exc).__name__}"
-        return True, f"{location.get('type', 'folder')}:{location['path']} lists {count} files"
+        return check_location(connector, location, missing="no valid source/destination location")
 
     def parse(self, raw: bytes) -> FileDocument:
         return FileDocument(_csv_records(raw))
@@ -174,3 +163,23 @@ def _csv_records(raw: bytes) -> list[dict[str, str]]:
             )
         records.append(dict(zip(header, (c.strip() for c in row), strict=True)))
     return records
+
+
+def check_location(connector: Connector, location: Any, *, missing: str) -> tuple[bool, str]:
+    """Open a folder or SFTP location with the connector's secrets and list it; nothing is moved.
+
+    Shared by every connector that reads or writes files (files, X12 over a mailbox); `missing` names what
+    the connector lacks when the location is not valid.
+    """
+    if validate_location(location):
+        return False, f"The connector has {missing}"
+    try:
+        with open_transport(
+            location, timeout=connector.timeout_seconds, secrets=connector_secrets(connector)
+        ) as transport:
+            count = len(transport.list(""))
+    except ConnectorError as exc:
+        return False, exc.message
+    except OSError as exc:
+        return False, f"The folder cannot be listed: {exc.strerror or type(exc).__name__}"
+    return True, f"{location.get('type', 'folder')}:{location['path']} lists {count} files"

@@ -31,6 +31,7 @@ from rest_framework.views import APIView
 from connectors.inbound_auth import InboundCredentials, caller
 from connectors.rest.inbound import (
     BodyProblem,
+    Identified,
     InboundConfig,
     best_guess,
     identify,
@@ -279,16 +280,8 @@ def _receive(request: HttpRequest, connector: Connector, sender: str, raw: bytes
         identified = identify(data, config, key)
     except BodyProblem as bad:
         return _reject(request, connector, sender, raw, bad, data)
-    item = InboundItem(
-        connector_id=connector.pk,
-        raw=raw,
-        sender=sender,
-        control_id=identified.control_id,
-        message_type=identified.message_type,
-        lane=connector.lane,
-    )
     try:
-        (outcome,) = store_messages([item])
+        (outcome,) = store_messages([_item(connector, sender, raw, identified)])
     except DatabaseError:
         logger.exception("rest inbound: could not store a message for connector %s", connector.pk)
         return _unavailable("The message")
@@ -297,6 +290,18 @@ def _receive(request: HttpRequest, connector: Connector, sender: str, raw: bytes
     response["Location"] = _location(request, body["message_id"])
     response["X-HealthSync-Message"] = str(body["message_id"])
     return response
+
+
+def _item(connector: Connector, sender: str, raw: bytes, identified: Identified) -> InboundItem:
+    """A good body (or batch element) as the message store takes it."""
+    return InboundItem(
+        connector_id=connector.pk,
+        raw=raw,
+        sender=sender,
+        control_id=identified.control_id,
+        message_type=identified.message_type,
+        lane=connector.lane,
+    )
 
 
 def _answer(outcome: StoreOutcome) -> dict[str, Any]:
@@ -325,16 +330,7 @@ def _receive_batch(
             guess = best_guess(element, config)
             items.append(_rejected_item(connector, sender, raw, bad, guess.message_type, guess.control_id))
             continue
-        items.append(
-            InboundItem(
-                connector_id=connector.pk,
-                raw=raw,
-                sender=sender,
-                control_id=identified.control_id,
-                message_type=identified.message_type,
-                lane=connector.lane,
-            )
-        )
+        items.append(_item(connector, sender, raw, identified))
     try:
         outcomes = store_messages(items)
     except DatabaseError:

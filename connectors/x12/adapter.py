@@ -156,7 +156,11 @@ class X12Adapter:
 
             return FilesAdapter().test_connection(connector)
         if config.get("transport", "http") == "file":
-            return _test_destination(connector, (config.get("file") or {}).get("destination"))
+            from connectors.files.adapter import check_location
+
+            return check_location(
+                connector, (config.get("file") or {}).get("destination"), missing="no valid file destination"
+            )
         url = urlparse(str(config.get("url") or ""))
         if url.scheme not in ("http", "https") or not url.hostname:
             return False, "The connector has no http:// or https:// URL"
@@ -168,23 +172,6 @@ class X12Adapter:
         except OSError as exc:
             return False, f"The clearinghouse at {where} does not accept connections ({exc.strerror or exc})"
         return True, f"The clearinghouse at {where} accepts connections"
-
-
-def _test_destination(connector: Connector, location: Any) -> tuple[bool, str]:
-    from connectors.files.transport import connector_secrets, open_transport, validate_location
-
-    if validate_location(location):
-        return False, "The connector has no valid file destination"
-    try:
-        with open_transport(
-            location, timeout=connector.timeout_seconds, secrets=connector_secrets(connector)
-        ) as transport:
-            count = len(transport.list(""))
-    except ConnectorError as exc:
-        return False, exc.message
-    except OSError as exc:
-        return False, f"The folder cannot be listed: {exc.strerror or type(exc).__name__}"
-    return True, f"{location.get('type', 'folder')}:{location['path']} lists {count} files"
 
 
 def _post(connector: Connector, delivery: Delivery, text: str, control: str) -> SendResult:
