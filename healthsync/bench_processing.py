@@ -27,6 +27,7 @@ from connectors.simulators import hl7_builder
 from healthsync.choices import Direction, Lane, MessageStatus, Protocol
 from healthsync.models import CanonicalEvent, Connector, Delivery, ExceptionItem, Message, System
 from healthsync.models.core import MessageKey
+from healthsync.pipeline import triage
 
 BENCH_CONNECTOR = "bench-ehr"
 
@@ -95,7 +96,8 @@ def _bench_connector() -> Connector:
 
 
 def load_backlog(rows: list[tuple[str, str, bytes]], connector: Connector) -> None:
-    """Store the backlog as the listener stores received messages, with their dedupe keys (MessageKey rows).
+    """Store the backlog as the listener stores received messages: with their dedupe keys (MessageKey rows),
+    sequence keys and lanes (healthsync.ingest reads them on storing).
 
     COPY on PostgreSQL, bulk_create elsewhere; the keys follow in one statement per load.
     """
@@ -118,15 +120,18 @@ def load_backlog(rows: list[tuple[str, str, bytes]], connector: Connector) -> No
 
 
 def _load_messages(rows: list[tuple[str, str, bytes]], connector: Connector, now: Any) -> None:
+    triaged = [
+        triage(raw, message_type=message_type, connector_lane=connector.lane) for message_type, _, raw in rows
+    ]
     if connection.vendor == "postgresql":
         table = connection.ops.quote_name(Message._meta.db_table)
         columns = (
             "connector_id, received_at, raw, sha256, sender, control_id, message_type, dedupe_key, status, "
-            "lane, business_key, error, attempts, claimed_by"
+            "lane, sequence_key, business_key, error, attempts, claimed_by"
         )
         sql = f"COPY {table} ({columns}) FROM STDIN"
         with transaction.atomic(), connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
-            for message_type, control, raw in rows:
+            for (message_type, control, raw), (sequence_key, lane) in zip(rows, triaged, strict=True):
                 copy.write_row(
                     [
                         connector.pk,
@@ -138,7 +143,8 @@ def _load_messages(rows: list[tuple[str, str, bytes]], connector: Connector, now
                         message_type,
                         f"{connector.pk}|EPIC^GENHOSP|{control}",
                         MessageStatus.RECEIVED,
-                        Lane.CLINICAL,
+                        lane,
+                        sequence_key,
                         "",
                         "",
                         0,
@@ -157,8 +163,10 @@ def _load_messages(rows: list[tuple[str, str, bytes]], connector: Connector, now
                 control_id=control,
                 message_type=message_type,
                 dedupe_key=f"{connector.pk}|EPIC^GENHOSP|{control}",
+                lane=lane,
+                sequence_key=sequence_key,
             )
-            for message_type, control, raw in rows
+            for (message_type, control, raw), (sequence_key, lane) in zip(rows, triaged, strict=True)
         ],
         batch_size=1000,
     )

@@ -18,6 +18,7 @@ On PostgreSQL each process makes sure, once per partition range, that a partitio
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -36,6 +37,7 @@ from healthsync import partitions
 from healthsync.choices import Lane, MessageStatus
 from healthsync.models import Message
 from healthsync.models.core import MessageKey
+from healthsync.pipeline import triage
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ class InboundItem:
     lane: str = Lane.CLINICAL
     status: str = MessageStatus.RECEIVED  # received, or rejected at the door
     error: str = ""
+    # The key its events are ordered by (healthsync.pipeline.triage); None: not read yet (set on storing).
+    sequence_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ def _row(item: InboundItem, *, key: str | None, status: str, duplicate_of: int |
         lane=item.lane,
         status=status,
         error=item.error,
+        sequence_key=item.sequence_key,
         dedupe_key=key,
         duplicate_of_id=duplicate_of,
     )
@@ -112,6 +117,7 @@ def store_messages(items: Sequence[InboundItem], *, raw_connection: Any = None) 
     """
     if not items:
         return []
+    items = [_triaged(item) for item in items]
     if connection.vendor == "postgresql":
         partitions.ingest_coverage.ensure(_runner(raw_connection), timezone.now())
     keys = [_key_for(item) for item in items]
@@ -176,6 +182,17 @@ def _runner(raw_connection: Any) -> Any:
     return run
 
 
+def _triaged(item: InboundItem) -> InboundItem:
+    """The item with its sequence key and lane read now, so that no worker has to read and rewrite its row.
+
+    Messages refused at the door are never processed and need neither.
+    """
+    if item.status != MessageStatus.RECEIVED or item.sequence_key is not None:
+        return item
+    key, lane = triage(item.raw, message_type=item.message_type, connector_lane=item.lane)
+    return dataclasses.replace(item, sequence_key=key, lane=lane)
+
+
 def _kick_after_commit(outcomes: list[StoreOutcome]) -> None:
     if any(o.status == MessageStatus.RECEIVED for o in outcomes):
         transaction.on_commit(kick_worker)
@@ -201,7 +218,17 @@ _PLAIN_TYPES = {
 }
 _FIELDS = [f for f in Message._meta.concrete_fields if not f.primary_key]
 # What each item brings, bound as one array per column (element i is item i); the rest are set by the statement.
-_ITEM_COLUMNS = ("connector_id", "raw", "sender", "control_id", "message_type", "lane", "status", "error")
+_ITEM_COLUMNS = (
+    "connector_id",
+    "raw",
+    "sender",
+    "control_id",
+    "message_type",
+    "lane",
+    "status",
+    "error",
+    "sequence_key",
+)
 _SET_BY_STATEMENT = {"received_at", "sha256", "status", "dedupe_key", "duplicate_of_id"}
 
 
@@ -311,6 +338,7 @@ def _values(spec: _Spec, now: datetime) -> dict[str, Any]:
         "lane": item.lane,
         "status": status,
         "error": item.error,
+        "sequence_key": item.sequence_key,
         "dedupe_key": key,
         "duplicate_of_id": duplicate_of,
     }

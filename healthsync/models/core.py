@@ -252,6 +252,10 @@ class MessageQuerySet(models.QuerySet["Message"]):
         return self.filter(status=MessageStatus.RECEIVED)
 
 
+# Messages still in the queue: waiting for a worker or being processed.
+_WAITING = Q(status__in=["received", "processing"])
+
+
 class Message(models.Model):
     """One inbound payload exactly as received, kept before it is acknowledged; the store is the queue.
 
@@ -275,8 +279,15 @@ class Message(models.Model):
     message_type = models.CharField(max_length=40, blank=True, help_text="e.g. ADT^A03")
     # Set only on the first copy of a (connector, sender, control id); MessageKey holds the unique copy.
     dedupe_key = models.CharField(max_length=420, null=True, blank=True)  # noqa: DJ001 (null: no key)
+    # Indexed only where set (message_duplicates, message_replays): most messages are neither.
     duplicate_of = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
     )
     replay_of = models.ForeignKey(
         "self",
@@ -285,10 +296,11 @@ class Message(models.Model):
         on_delete=models.SET_NULL,
         related_name="replays",
         db_constraint=False,
+        db_index=False,
     )
     status = models.CharField(max_length=12, choices=MessageStatus.choices, default=MessageStatus.RECEIVED)
     lane = models.CharField(max_length=10, choices=Lane.choices, default=Lane.CLINICAL)
-    business_key = models.CharField(max_length=200, blank=True, db_index=True)
+    business_key = models.CharField(max_length=200, blank=True)  # indexed by message_business_key
     error = models.TextField(blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     # When a worker claimed it: a claim older than the worker's timeout belongs to a dead worker.
@@ -303,9 +315,12 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        # Every index costs a write each time a message is stored, claimed and finished (a status change is
+        # never a HOT update). So the queue indexes hold waiting messages only (a finished message leaves
+        # them), the links to other messages only the rows that have one, and none is varchar_pattern_ops.
         indexes = [
-            models.Index(fields=["status", "lane", "id"], name="message_queue"),
-            models.Index(fields=["sequence_key", "id"], name="message_sequence"),
+            models.Index(fields=["status", "lane", "id"], name="message_queue", condition=_WAITING),
+            models.Index(fields=["sequence_key", "id"], name="message_sequence", condition=_WAITING),
             models.Index(
                 fields=["id"],
                 condition=Q(status="received", sequence_key__isnull=True),
@@ -313,6 +328,11 @@ class Message(models.Model):
             ),
             # The operations page's "last message" per connector.
             models.Index(fields=["connector", "received_at"], name="message_connector_time"),
+            models.Index(fields=["business_key"], name="message_business_key"),
+            models.Index(
+                fields=["duplicate_of"], name="message_duplicates", condition=Q(duplicate_of__isnull=False)
+            ),
+            models.Index(fields=["replay_of"], name="message_replays", condition=Q(replay_of__isnull=False)),
         ]
         permissions = [
             ("view_phi", "Can view protected health information"),
@@ -348,9 +368,7 @@ class CanonicalEvent(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     type = models.CharField(max_length=80)  # indexed by event_type_time (type, recorded_at)
     source = models.CharField(max_length=200, help_text="The system that emitted the fact.")
-    subject = models.CharField(
-        max_length=200, db_index=True, help_text="The business key, e.g. encounter id."
-    )
+    subject = models.CharField(max_length=200, help_text="The business key, e.g. encounter id.")
     occurred_at = models.DateTimeField(null=True, blank=True)
     recorded_at = models.DateTimeField(default=timezone.now)
     facility = models.CharField(max_length=80, blank=True)
@@ -370,7 +388,12 @@ class CanonicalEvent(models.Model):
 
     class Meta:
         ordering = ["-recorded_at"]
-        indexes = [models.Index(fields=["type", "recorded_at"], name="event_type_time")]
+        # No varchar_pattern_ops twins (Django's default for an indexed CharField): nothing looks keys up by
+        # prefix, and every index costs a write per event.
+        indexes = [
+            models.Index(fields=["type", "recorded_at"], name="event_type_time"),
+            models.Index(fields=["subject"], name="event_subject"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.subject}"
@@ -390,7 +413,7 @@ class Delivery(models.Model):
     response = models.JSONField(null=True, blank=True)
     external_id = models.CharField(max_length=200, blank=True, help_text="Claim id, ERP document number.")
     workflow = models.CharField(max_length=80, blank=True)
-    business_key = models.CharField(max_length=200, blank=True, db_index=True)
+    business_key = models.CharField(max_length=200, blank=True)  # indexed by delivery_business_key
     event = models.ForeignKey(
         CanonicalEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries"
     )
@@ -415,6 +438,7 @@ class Delivery(models.Model):
                 condition=Q(status="succeeded"),
                 name="delivery_last_success",
             ),
+            models.Index(fields=["business_key"], name="delivery_business_key"),
         ]
 
     def __str__(self) -> str:
@@ -436,7 +460,7 @@ class ExceptionItem(models.Model):
         default=dict, blank=True, help_text="Machine detail: missing fields, error text."
     )
     workflow = models.CharField(max_length=80, blank=True)
-    business_key = models.CharField(max_length=200, blank=True, db_index=True)
+    business_key = models.CharField(max_length=200, blank=True)  # indexed by exception_key_kind
     facility = models.CharField(max_length=80, blank=True)
     payer = models.CharField(max_length=120, blank=True)
     amount = models.DecimalField(max_digits=14, decimal_places=2, default=0)
@@ -463,7 +487,12 @@ class ExceptionItem(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "kind"], name="exception_queue")]
+        indexes = [
+            models.Index(fields=["status", "kind"], name="exception_queue"),
+            # A workflow looks up its run's open exception of a kind once per event that blocks the run: by
+            # key and kind, not by scanning every open exception of the kind.
+            models.Index(fields=["business_key", "kind"], name="exception_key_kind"),
+        ]
         permissions = [("work_exceptionitem", "Can work exceptions: assign, fix, retry, resolve")]
 
     def __str__(self) -> str:

@@ -124,7 +124,7 @@ def test_a_batch_of_only_rejected_items_claims_no_key(connector: Connector, stor
 def test_the_listener_connection_stores_nothing_when_the_statement_fails(
     connector: Connector, raw_connection: psycopg.Connection[Any]
 ) -> None:
-    too_long = ingest.InboundItem(connector.pk, b"MSH|", "EPIC", "C1", "ADT^A01", lane="x" * 50)
+    too_long = ingest.InboundItem(connector.pk, b"MSH|", "EPIC", "C1", "ADT^A01", sequence_key="k" * 300)
 
     with pytest.raises(psycopg.errors.StringDataRightTruncation):
         ingest.store_messages([_item(connector, "C0"), too_long], raw_connection=raw_connection)
@@ -172,3 +172,29 @@ def test_the_listener_connection_keeps_the_batch_statement_on_one_generic_plan(
     # Custom plans would plan the statement again for every batch, which costs more than running it.
     assert raw_connection.autocommit
     assert raw_connection.execute("SHOW plan_cache_mode").fetchone() == ("force_generic_plan",)
+
+
+@pytest.mark.parametrize("listener_path", [True, False], ids=["listener connection", "orm"])
+def test_stored_messages_carry_their_sequence_key_and_lane_so_no_worker_rewrites_them(
+    connector: Connector, raw_connection: psycopg.Connection[Any], listener_path: bool
+) -> None:
+    from connectors.simulators import hl7_builder
+
+    admission = hl7_builder.adt_a01(encounter_id="ENC-77", control_id="K1").encode()
+    charges = hl7_builder.dft_p03(encounter_id="ENC-77", control_id="K2").encode()
+    items = [
+        ingest.InboundItem(connector.pk, admission, "EPIC^GENHOSP", "K1", "ADT^A01"),
+        ingest.InboundItem(connector.pk, charges, "EPIC^GENHOSP", "K2", "DFT^P03"),
+        ingest.InboundItem(connector.pk, b"not hl7", "EPIC^GENHOSP", "K3", ""),
+        ingest.InboundItem(connector.pk, b"MSH|", "EPIC^GENHOSP", "K4", "ADT^A01", status="rejected"),
+    ]
+
+    ingest.store_messages(items, raw_connection=raw_connection if listener_path else None)
+
+    stored = {m.control_id: (m.sequence_key, m.lane) for m in Message.objects.all()}
+    assert stored == {
+        "K1": ("ENC-77", "clinical"),
+        "K2": ("ENC-77", "financial"),  # charges travel in the financial lane of a clinical feed
+        "K3": ("", "clinical"),  # unreadable: nothing to order by; processing fails it with its reason
+        "K4": (None, "clinical"),  # refused at the door: never processed
+    }
