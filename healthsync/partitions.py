@@ -147,16 +147,18 @@ def _gaps(existing: list[Partition], start: datetime, end: datetime) -> list[tup
 
 def _create(cursor: Any, partition: Partition) -> None:
     name, default = _quote(partition.name), _quote(DEFAULT_PARTITION)
-    # Identifiers are generated here from dates; the bounds are parameters.
+    # Identifiers are generated here from dates.
     cursor.execute(f"CREATE TABLE {name} (LIKE {_quote(TABLE)} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
     cursor.execute(
         f"WITH moved AS (DELETE FROM {default} WHERE received_at >= %s AND received_at < %s RETURNING *) "  # noqa: S608
         f"INSERT INTO {name} SELECT * FROM moved",
         [partition.start, partition.end],
     )
+    # DDL takes no parameters (with server-side binding they would not be filled in): the bounds are spelled
+    # out, from datetimes made here.
     cursor.execute(
-        f"ALTER TABLE {_quote(TABLE)} ATTACH PARTITION {name} FOR VALUES FROM (%s) TO (%s)",
-        [partition.start, partition.end],
+        f"ALTER TABLE {_quote(TABLE)} ATTACH PARTITION {name} "
+        f"FOR VALUES FROM ('{partition.start.isoformat()}') TO ('{partition.end.isoformat()}')"
     )
 
 
