@@ -98,6 +98,20 @@ def test_ingest_creates_the_partition_it_needs_on_demand(ehr: Connector, monkeyp
     assert _home(outcome.message_id) == partitions.partition_name(partitions.range_for(later)[0])
 
 
+def test_the_listener_connection_creates_the_partition_it_needs_too(ehr: Connector, monkeypatch) -> None:
+    # The listener writes on its own psycopg connection, whose cursors bind parameters on the server.
+    later = timezone.now() + timedelta(days=12)
+    monkeypatch.setattr(timezone, "now", lambda: later)
+    monkeypatch.setattr(partitions.ingest_coverage, "until", None)
+    raw = ingest.connect()
+    try:
+        outcome = store_messages([_item(ehr, "D2")], raw_connection=raw)[0]
+    finally:
+        raw.close()
+
+    assert _home(outcome.message_id) == partitions.partition_name(partitions.range_for(later)[0])
+
+
 def test_partitions_follow_the_configured_size_and_fill_gaps_only(ehr: Connector, settings) -> None:
     settings.HEALTHSYNC_MESSAGE_PARTITION_DAYS = 7
     moment = datetime(2031, 3, 4, 12, tzinfo=UTC)
