@@ -55,6 +55,7 @@ from healthsync.inserts import defer_in_chunks, insert_if_new, insert_many_if_ne
 from healthsync.mapping import apply_rules, parse_hl7_datetime
 from healthsync.models import (
     CanonicalEvent,
+    Connector,
     Delivery,
     ExceptionItem,
     MappingRule,
@@ -320,6 +321,16 @@ class _Config:
 
     routes: dict[tuple[str, str], list[_Route]] = field(default_factory=dict)
     schemas: dict[str, SchemaVersion] = field(default_factory=dict)
+    # The connectors (with their systems) of the batch's messages, read once rather than joined to every row.
+    connectors: dict[int, Connector] = field(default_factory=dict)
+
+    def attach_connectors(self, messages: list[Message]) -> None:
+        """Give each message its connector object, reading the ones not seen in this batch yet."""
+        missing = {m.connector_id for m in messages} - self.connectors.keys()
+        if missing:
+            self.connectors.update(Connector.objects.select_related("system").in_bulk(missing))
+        for message in messages:
+            message.connector = self.connectors[message.connector_id]
 
     @classmethod
     def load(cls) -> _Config:
@@ -414,10 +425,11 @@ def _process_chunk(ids: list[int], config: _Config, worker: str | None) -> int:
 
 def _run_chunk(ids: list[int], config: _Config, worker: str | None, *, careful: bool) -> int:
     with transaction.atomic():
-        query = Message.objects.filter(id__in=ids).select_related("connector__system").order_by("id")
+        query = Message.objects.filter(id__in=ids).order_by("id")
         if connection.vendor == "postgresql":
-            query = query.select_for_update(of=("self",))
+            query = query.select_for_update()
         messages = list(query)
+        config.attach_connectors(messages)
         if worker is not None:
             messages = [
                 m for m in messages if m.status == MessageStatus.PROCESSING and m.claimed_by == worker[:80]
