@@ -47,7 +47,7 @@ import copy
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
 from operator import methodcaller
 from typing import TYPE_CHECKING, Any
@@ -443,25 +443,24 @@ def parse_hl7_datetime(value: str) -> datetime | None:
     match = _HL7_TS.match(value.strip())
     if match is None:
         return None
-    parts = match.groupdict()
-    fraction = parts["fraction"] or ""
-    try:
-        moment = datetime(
-            int(parts["year"]),
-            int(parts["month"] or 1),
-            int(parts["day"] or 1),
-            int(parts["hour"] or 0),
-            int(parts["minute"] or 0),
-            int(parts["second"] or 0),
-            int(fraction.ljust(6, "0")) if fraction else 0,
-        )
-    except ValueError:
-        return None
-    offset = parts["offset"]
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
     if offset:
-        sign = 1 if offset[0] == "+" else -1
         hours, minutes = int(offset[1:3]), int(offset[3:5])
         if hours > 14 or minutes > 59:
             return None
-        return moment.replace(tzinfo=timezone(sign * timedelta(hours=hours, minutes=minutes)))
-    return moment.replace(tzinfo=ZoneInfo(settings.TIME_ZONE))
+        zone: tzinfo = timezone((1 if offset[0] == "+" else -1) * timedelta(hours=hours, minutes=minutes))
+    else:
+        zone = ZoneInfo(settings.TIME_ZONE)
+    try:
+        return datetime(
+            int(year),
+            int(month or 1),
+            int(day or 1),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            int(fraction.ljust(6, "0")) if fraction else 0,
+            tzinfo=zone,
+        )
+    except ValueError:
+        return None
