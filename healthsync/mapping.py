@@ -328,7 +328,7 @@ def _converter(transform: str, argument: dict[str, Any], source: str) -> Callabl
         fallback = argument.get("value", "")
 
         def default(value: Any) -> Any:
-            value = value.strip() if isinstance(value, str) else value
+            value = _stripped(value)
             return value if value != "" else fallback
 
         return default
@@ -337,7 +337,7 @@ def _converter(transform: str, argument: dict[str, Any], source: str) -> Callabl
     convert = _transform(transform, argument, f" (from {source})" if source else "")
 
     def apply(value: Any) -> Any:
-        value = value.strip() if isinstance(value, str) else value
+        value = _stripped(value)
         if value == "":
             return ""
         return convert(value)
