@@ -43,10 +43,13 @@ never the value itself, because values are PHI.
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
+from operator import methodcaller
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -59,6 +62,7 @@ if TYPE_CHECKING:
     from healthsync.models import MappingRule, MappingVersion
     from healthsync.registry import ParsedMessage
 
+_HL7_DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})")
 _SEGMENT_STAR = re.compile(r"^(?P<seg>[A-Z][A-Z0-9]{2})\[\*\](?P<rest>-.*)?$")
 _HL7_TS = re.compile(
     r"^(?P<year>\d{4})(?P<month>\d{2})?(?P<day>\d{2})?(?P<hour>\d{2})?(?P<minute>\d{2})?(?P<second>\d{2})?"
@@ -104,15 +108,15 @@ def apply_rules(rules: list[MappingRule], parsed: ParsedMessage) -> MappingResul
     lists: dict[str, list[dict[str, Any]]] = {}
     list_required: dict[str, list[tuple[str, str]]] = {}
     for rule in rules:
+        plan = _plan(rule)
         try:
-            value = _evaluate(rule, parsed)
+            value = plan.evaluate(parsed)
         except _RuleProblem as exc:
             problems.append(f"{rule.target}: {exc}")
             continue
-        target = rule.target.strip()
-        if "[]" in target:
-            list_path, _, item_path = target.partition("[]")
-            item_path = item_path.lstrip(".")
+        target = plan.target
+        if plan.list_path is not None:
+            list_path, item_path = plan.list_path, plan.item_path
             values = value if isinstance(value, list) else ([value] if value != "" else [])
             items = lists.setdefault(list_path, [])
             while len(items) < len(values):
@@ -127,7 +131,7 @@ def apply_rules(rules: list[MappingRule], parsed: ParsedMessage) -> MappingResul
             if rule.required:
                 missing.append(target)
             continue
-        _set(result.data, target, value)
+        _set(result.data, plan.keys, value)
         result.provenance[target] = rule.pk
     for list_path, raw_items in lists.items():
         items = []
@@ -138,7 +142,7 @@ def apply_rules(rules: list[MappingRule], parsed: ParsedMessage) -> MappingResul
                 if _is_empty(item_value):
                     continue
                 if item_path:
-                    _set(item, item_path, item_value)
+                    _set(item, item_path.split("."), item_value)
                 else:
                     scalar = item_value
             if scalar is not None:
@@ -153,7 +157,7 @@ def apply_rules(rules: list[MappingRule], parsed: ParsedMessage) -> MappingResul
                 if _is_empty(raw.get(item_path, "")):
                     missing.append(target.replace("[]", f"[{index}]", 1))
         if items:
-            _set(result.data, list_path, items)
+            _set(result.data, list_path.split("."), items)
     if missing or problems:
         parts = []
         if missing:
@@ -167,8 +171,7 @@ def _is_empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
 
-def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
+def _set(data: dict[str, Any], keys: Sequence[str], value: Any) -> None:
     node = data
     for key in keys[:-1]:
         child = node.get(key)
@@ -178,140 +181,252 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-# How to read each path of a source expression, by expression: (path, kind, segment, rest) per alternative.
-# Expressions are strings (immutable) and few (one per rule), so the plan is worked out once per process.
-_PLANS: dict[str, tuple[tuple[str, int, str, str], ...]] = {}
-_PLAIN, _ALL, _PER_SEGMENT = 0, 1, 2
+@dataclass(frozen=True)
+class _Plan:
+    """One rule worked out once: how to read and transform its value, and where the value goes."""
+
+    evaluate: Callable[[ParsedMessage], Value]
+    target: str
+    keys: tuple[str, ...]  # the target's dotted path, split
+    list_path: str | None  # for ``[]`` targets: the list, and the path inside each item
+    item_path: str
 
 
-def _plan(source: str) -> tuple[tuple[str, int, str, str], ...]:
-    plan = _PLANS.get(source)
-    if plan is None:
-        steps = []
-        for path in (part.strip() for part in source.strip().split("|")):
-            if not path:
-                continue
-            star = _SEGMENT_STAR.match(path)
-            if star:
-                steps.append((path, _PER_SEGMENT, star.group("seg"), star.group("rest") or ""))
-            else:
-                steps.append((path, _ALL if "[*]" in path else _PLAIN, "", ""))
-        plan = tuple(steps)
-        if len(_PLANS) > 10000:
-            _PLANS.clear()
-        _PLANS[source] = plan
+def _plan(rule: MappingRule) -> _Plan:
+    """The rule's plan, kept on the rule until its source, transform, argument or target changes."""
+    # Rules live for one batch (pipeline._Config) or one governance test run; the key compares by value, so a
+    # rule edited in place, even inside its argument, is worked out again.
+    key = (rule.source, rule.transform, rule.argument, rule.target)
+    remembered = getattr(rule, "_hs_plan", None)
+    if remembered is not None and remembered[0] == key:
+        return remembered[1]
+    key = copy.deepcopy(key)
+    source, transform, argument, target = key
+    target = target.strip()
+    list_path, item_path = None, ""
+    if "[]" in target:
+        list_path, _, item_path = target.partition("[]")
+        item_path = item_path.lstrip(".")
+    plan = _Plan(
+        evaluate=_evaluator(
+            source, transform or Transform.NONE, argument if isinstance(argument, dict) else {}
+        ),
+        target=target,
+        keys=tuple(target.split(".")),
+        list_path=list_path,
+        item_path=item_path,
+    )
+    rule._hs_plan = (key, plan)  # type: ignore[attr-defined]
     return plan
+
+
+def _evaluator(source: str, transform: str, argument: dict[str, Any]) -> Callable[[ParsedMessage], Value]:
+    if transform == Transform.CONCAT:
+        return _concat(source, argument)
+    read = _source(source)
+    convert = _converter(transform, argument, source)
+
+    def evaluate(parsed: ParsedMessage) -> Value:
+        value = read(parsed)
+        if isinstance(value, list):
+            return [convert(item) for item in value]
+        return convert(value)
+
+    return evaluate
+
+
+# How to read a source expression, by expression. Expressions are strings (immutable) and few (one per rule),
+# so each is worked out once per process.
+_SOURCES: dict[str, Callable[[ParsedMessage], Value]] = {}
 
 
 def read_source(parsed: ParsedMessage, source: str) -> Value:
     """Read a source expression (see the module docstring): a string, or a list for ``[*]`` paths."""
-    value: Value = ""
-    for step in _plan(source):
-        value = _read_path(parsed, step)
-        if not _is_empty(value) and not (isinstance(value, list) and all(v == "" for v in value)):
-            return value
-    return value
+    return _source(source)(parsed)
 
 
-def _read_path(parsed: ParsedMessage, step: tuple[str, int, str, str]) -> Value:
-    path, kind, seg, rest = step
-    try:
-        if kind == _PER_SEGMENT:
-            # The segment path without a field reads whole segments: one entry per occurrence, never empty.
-            count = len(parsed.get_all(f"{seg}[*]"))
-            return [parsed.get(f"{seg}[{index}]{rest}") for index in range(1, count + 1)]
-        if kind == _ALL:
-            return parsed.get_all(path)
-        return parsed.get(path)
-    except ValueError:
-        raise _RuleProblem(f"{path!r} is not a valid source path") from None
+def _source(source: str) -> Callable[[ParsedMessage], Value]:
+    read = _SOURCES.get(source)
+    if read is None:
+        read = _fallbacks(
+            [_path_reader(path) for path in (p.strip() for p in source.strip().split("|")) if path]
+        )
+        if len(_SOURCES) > 10000:
+            _SOURCES.clear()
+        _SOURCES[source] = read
+    return read
 
 
-def _evaluate(rule: MappingRule, parsed: ParsedMessage) -> Value:
-    argument = rule.argument if isinstance(rule.argument, dict) else {}
-    transform = rule.transform or Transform.NONE
-    if transform == Transform.CONCAT:
-        return _concat(rule.source, argument, parsed)
-    value = read_source(parsed, rule.source)
-    if isinstance(value, list):
-        return [_transform(transform, item, argument, rule.source) for item in value]
-    return _transform(transform, value, argument, rule.source)
+def _fallbacks(readers: list[Callable[[ParsedMessage], Value]]) -> Callable[[ParsedMessage], Value]:
+    """The first path that yields a value wins; with none, the last path's (empty) value."""
+    if len(readers) == 1:
+        return readers[0]
 
-
-def _concat(source: str, argument: dict[str, Any], parsed: ParsedMessage) -> Value:
-    paths = ([source] if source.strip() else []) + [str(p) for p in argument.get("sources", [])]
-    if not paths:
-        raise _RuleProblem("concat needs a source or argument.sources")
-    separator = str(argument.get("separator", " "))
-    parts = [read_source(parsed, path) for path in paths]
-    length = max((len(p) for p in parts if isinstance(p, list)), default=None)
-    if length is None:
-        return separator.join(p for p in parts if p)  # type: ignore[misc]
-    out = []
-    for index in range(length):
-        pieces = []
-        for part in parts:
-            piece = (part[index] if index < len(part) else "") if isinstance(part, list) else part
-            if piece:
-                pieces.append(piece)
-        out.append(separator.join(pieces))
-    return out
-
-
-def _transform(transform: str, value: str, argument: dict[str, Any], source: str) -> str:
-    value = value.strip() if isinstance(value, str) else value
-    if transform == Transform.DEFAULT:
-        return value if value != "" else argument.get("value", "")
-    if value == "":
-        return ""
-    where = f" (from {source})" if source else ""
-    if transform in (Transform.NONE, ""):
+    def read(parsed: ParsedMessage) -> Value:
+        value: Value = ""
+        for read_path in readers:
+            value = read_path(parsed)
+            if not _is_empty(value) and not (isinstance(value, list) and all(v == "" for v in value)):
+                return value
         return value
-    if transform == Transform.UPPER:
-        return value.upper()
-    if transform == Transform.HL7_DATETIME:
-        parsed = parse_hl7_datetime(value)
-        if parsed is None:
-            raise _RuleProblem(f"not an HL7 date/time{where}")
-        return parsed.isoformat()
-    if transform == Transform.HL7_DATE:
-        match = re.match(r"^(\d{4})(\d{2})(\d{2})", value)
-        if match is None:
-            raise _RuleProblem(f"not an HL7 date{where}")
+
+    return read
+
+
+def _path_reader(path: str) -> Callable[[ParsedMessage], Value]:
+    star = _SEGMENT_STAR.match(path)
+    fetch: Callable[[ParsedMessage], Value]
+    if star:
+        seg, rest = star.group("seg"), star.group("rest") or ""
+        every = f"{seg}[*]"
+
+        def fetch(parsed: ParsedMessage) -> Value:
+            # The segment path without a field reads whole segments: one entry per occurrence, never empty.
+            count = len(parsed.get_all(every))
+            return [parsed.get(f"{seg}[{index}]{rest}") for index in range(1, count + 1)]
+
+    else:
+        fetch = methodcaller("get_all" if "[*]" in path else "get", path)
+
+    def read(parsed: ParsedMessage) -> Value:
         try:
-            return datetime(int(match[1]), int(match[2]), int(match[3])).date().isoformat()
+            return fetch(parsed)
         except ValueError:
-            raise _RuleProblem(f"not a valid calendar date{where}") from None
-    if transform == Transform.DECIMAL:
-        try:
-            number = Decimal(value)
-        except InvalidOperation:
-            raise _RuleProblem(f"not a decimal number{where}") from None
-        if not number.is_finite():
-            raise _RuleProblem(f"not a finite number{where}")
-        return str(number)
-    if transform == Transform.INTEGER:
-        try:
-            return int(value)  # type: ignore[return-value]
-        except ValueError:
-            raise _RuleProblem(f"not an integer{where}") from None
-    if transform == Transform.LOOKUP:
-        table = argument["table"] if "table" in argument else _code_table(str(argument.get("code_table", "")))
-        if value in table:
-            return table[value]
-        return argument.get("default", value)
-    if transform == Transform.REGEX:
-        try:
-            match = re.search(str(argument.get("pattern", "")), value)
-        except re.error as exc:
-            raise _RuleProblem(f"the regex pattern is invalid: {exc}") from None
-        if match is None:
+            raise _RuleProblem(f"{path!r} is not a valid source path") from None
+
+    return read
+
+
+def _concat(source: str, argument: dict[str, Any]) -> Callable[[ParsedMessage], Value]:
+    paths = ([source] if source.strip() else []) + [str(p) for p in argument.get("sources", [])]
+    separator = str(argument.get("separator", " "))
+    readers = [_source(path) for path in paths]
+
+    def evaluate(parsed: ParsedMessage) -> Value:
+        if not readers:
+            raise _RuleProblem("concat needs a source or argument.sources")
+        parts = [read(parsed) for read in readers]
+        length = max((len(p) for p in parts if isinstance(p, list)), default=None)
+        if length is None:
+            return separator.join(p for p in parts if p)  # type: ignore[misc]
+        out = []
+        for index in range(length):
+            pieces = []
+            for part in parts:
+                piece = (part[index] if index < len(part) else "") if isinstance(part, list) else part
+                if piece:
+                    pieces.append(piece)
+            out.append(separator.join(pieces))
+        return out
+
+    return evaluate
+
+
+def _converter(transform: str, argument: dict[str, Any], source: str) -> Callable[[Any], Any]:
+    """The transform of one value, its settings read once. Values are stripped; empty values stay empty."""
+    if transform == Transform.DEFAULT:
+        fallback = argument.get("value", "")
+
+        def default(value: Any) -> Any:
+            value = _stripped(value)
+            return value if value != "" else fallback
+
+        return default
+    if transform in (Transform.NONE, ""):
+        return _stripped
+    convert = _transform(transform, argument, f" (from {source})" if source else "")
+
+    def apply(value: Any) -> Any:
+        value = _stripped(value)
+        if value == "":
             return ""
-        try:
-            return match.group(int(argument.get("group", 0)))
-        except (IndexError, ValueError):
-            raise _RuleProblem("the regex group does not exist in the pattern") from None
-    raise _RuleProblem(f"unknown transform {transform!r}")
+        return convert(value)
+
+    return apply
+
+
+def _stripped(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+def _transform(transform: str, argument: dict[str, Any], where: str) -> Callable[[Any], Any]:
+    """The transform of one non-empty value; `where` names the source in problems, never the value."""
+    if transform == Transform.UPPER:
+        return methodcaller("upper")
+    if transform == Transform.HL7_DATETIME:
+
+        def hl7_datetime(value: str) -> str:
+            parsed = parse_hl7_datetime(value)
+            if parsed is None:
+                raise _RuleProblem(f"not an HL7 date/time{where}")
+            return parsed.isoformat()
+
+        return hl7_datetime
+    if transform == Transform.HL7_DATE:
+
+        def hl7_date(value: str) -> str:
+            match = _HL7_DATE.match(value)
+            if match is None:
+                raise _RuleProblem(f"not an HL7 date{where}")
+            try:
+                return datetime(int(match[1]), int(match[2]), int(match[3])).date().isoformat()
+            except ValueError:
+                raise _RuleProblem(f"not a valid calendar date{where}") from None
+
+        return hl7_date
+    if transform == Transform.DECIMAL:
+
+        def decimal(value: str) -> str:
+            try:
+                number = Decimal(value)
+            except InvalidOperation:
+                raise _RuleProblem(f"not a decimal number{where}") from None
+            if not number.is_finite():
+                raise _RuleProblem(f"not a finite number{where}")
+            return str(number)
+
+        return decimal
+    if transform == Transform.INTEGER:
+
+        def integer(value: str) -> int:
+            try:
+                return int(value)
+            except ValueError:
+                raise _RuleProblem(f"not an integer{where}") from None
+
+        return integer
+    if transform == Transform.LOOKUP:
+
+        def lookup(value: str) -> Any:
+            # A governed code table is read at each use: it may change while the rule stays the same.
+            table = (
+                argument["table"] if "table" in argument else _code_table(str(argument.get("code_table", "")))
+            )
+            if value in table:
+                return table[value]
+            return argument.get("default", value)
+
+        return lookup
+    if transform == Transform.REGEX:
+
+        def regex(value: str) -> str:
+            try:
+                match = re.search(str(argument.get("pattern", "")), value)
+            except re.error as exc:
+                raise _RuleProblem(f"the regex pattern is invalid: {exc}") from None
+            if match is None:
+                return ""
+            try:
+                return match.group(int(argument.get("group", 0)))
+            except (IndexError, ValueError):
+                raise _RuleProblem("the regex group does not exist in the pattern") from None
+
+        return regex
+
+    def unknown(value: str) -> str:
+        raise _RuleProblem(f"unknown transform {transform!r}")
+
+    return unknown
 
 
 def _code_table(code: str) -> dict[str, Any]:
@@ -328,25 +443,24 @@ def parse_hl7_datetime(value: str) -> datetime | None:
     match = _HL7_TS.match(value.strip())
     if match is None:
         return None
-    parts = match.groupdict()
-    fraction = parts["fraction"] or ""
-    try:
-        moment = datetime(
-            int(parts["year"]),
-            int(parts["month"] or 1),
-            int(parts["day"] or 1),
-            int(parts["hour"] or 0),
-            int(parts["minute"] or 0),
-            int(parts["second"] or 0),
-            int(fraction.ljust(6, "0")) if fraction else 0,
-        )
-    except ValueError:
-        return None
-    offset = parts["offset"]
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
     if offset:
-        sign = 1 if offset[0] == "+" else -1
         hours, minutes = int(offset[1:3]), int(offset[3:5])
         if hours > 14 or minutes > 59:
             return None
-        return moment.replace(tzinfo=timezone(sign * timedelta(hours=hours, minutes=minutes)))
-    return moment.replace(tzinfo=ZoneInfo(settings.TIME_ZONE))
+        zone: tzinfo = timezone((1 if offset[0] == "+" else -1) * timedelta(hours=hours, minutes=minutes))
+    else:
+        zone = ZoneInfo(settings.TIME_ZONE)
+    try:
+        return datetime(
+            int(year),
+            int(month or 1),
+            int(day or 1),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            int(fraction.ljust(6, "0")) if fraction else 0,
+            tzinfo=zone,
+        )
+    except ValueError:
+        return None

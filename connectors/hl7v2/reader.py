@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 _SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
+_NAME = re.compile(r"[A-Z][A-Z0-9]{2}")
+_NAMES_SEEN: set[str] = set()  # segment names already found valid
 _PATH = re.compile(
     r"^(?P<seg>[A-Z][A-Z0-9]{2})(?:\[(?P<occ>\*|\d+)\])?"
     r"(?:-(?P<field>\d+)(?:\[(?P<rep>\*|\d+)\])?(?:\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?)?$"
@@ -179,14 +181,21 @@ class HL7Message:
             subcomponent=enc_chars[3] if len(enc_chars) > 3 else "&",
         )
         self.segments: list[list[str]] = []
+        # Segments by name, so a path finds its segment without scanning the message.
+        self._by_name: dict[str, list[list[str]]] = {}
         for line in lines:
             fields = line.split(field_sep)
-            if not re.fullmatch(r"[A-Z][A-Z0-9]{2}", fields[0]):
-                raise HL7ParseError(f"Segment {fields[0][:10]!r} has an invalid name", code="100")
-            if fields[0] == "MSH":
+            name = fields[0]
+            if name not in _NAMES_SEEN:
+                if _NAME.fullmatch(name) is None:
+                    raise HL7ParseError(f"Segment {name[:10]!r} has an invalid name", code="100")
+                if len(_NAMES_SEEN) < 1000:
+                    _NAMES_SEEN.add(name)
+            if name == "MSH":
                 # MSH-1 is the field separator itself, so MSH-n sits at split index n-1: re-align.
                 fields = ["MSH", field_sep, *fields[1:]]
             self.segments.append(fields)
+            self._by_name.setdefault(name, []).append(fields)
 
     # Reading ------------------------------------------------------------------------------------------
 
@@ -194,7 +203,7 @@ class HL7Message:
         return [fields[0] for fields in self.segments]
 
     def occurrences(self, name: str) -> list[list[str]]:
-        return [fields for fields in self.segments if fields[0] == name]
+        return list(self._by_name.get(name, ()))
 
     def get(self, path: str) -> str:
         """The first value at `path`, unescaped; '' when absent."""
@@ -206,45 +215,30 @@ class HL7Message:
         return [value for value in self._read(path, first_only=False) if value != ""]
 
     def _read(self, path: str, *, first_only: bool) -> list[str]:
-        match = _PATH.match(path.strip())
-        if match is None:
-            raise ValueError(f"Not an HL7 path: {path!r}")
-        seg, occ, field, rep, comp, sub = match.group("seg", "occ", "field", "rep", "comp", "sub")
-        segments = self.occurrences(seg)
-        if occ is None:
-            segments = segments[:1]
-        elif occ != "*":
-            index = int(occ) - 1
-            segments = segments[index : index + 1]
-        if field is None:
-            return [self.encoding.field.join(s) for s in segments]
-        f = int(field)
+        seg, occ, f, rep, comp, sub = _path_spec(path)
+        segments = self._by_name.get(seg, _NO_SEGMENTS)[occ]
         enc = self.encoding
+        if f is None:
+            return [enc.field.join(s) for s in segments]
+        # MSH-1 and MSH-2 hold the encoding characters themselves: never split or unescape them.
+        literal = seg == "MSH" and f in (1, 2)
+        esc = enc.escape
         out: list[str] = []
         for fields in segments:
             if f >= len(fields):
                 continue
             raw_field = fields[f]
-            # MSH-2 holds the encoding characters themselves: never split or unescape it.
-            if seg == "MSH" and f in (1, 2):
+            if literal:
                 out.append(raw_field)
                 continue
-            reps = raw_field.split(enc.repetition)
-            if rep is None:
-                reps = reps[:1]
-            elif rep != "*":
-                index = int(rep) - 1
-                reps = reps[index : index + 1]
-            for value in reps:
+            for value in raw_field.split(enc.repetition)[rep]:
                 if comp is not None:
                     parts = value.split(enc.component)
-                    c = int(comp) - 1
-                    value = parts[c] if c < len(parts) else ""
+                    value = parts[comp] if comp < len(parts) else ""
                     if sub is not None:
                         subs = value.split(enc.subcomponent)
-                        s = int(sub) - 1
-                        value = subs[s] if s < len(subs) else ""
-                out.append(enc.unescape(value))
+                        value = subs[sub] if sub < len(subs) else ""
+                out.append(_unescape(value, enc) if esc in value else value)
                 if first_only:
                     return out
         return out
@@ -279,6 +273,45 @@ class HL7Message:
             application_ack_type=value(16, None),
             encoding=enc,
         )
+
+
+_NO_SEGMENTS: list[list[str]] = []
+# A path read as (segment, occurrences, field, repetitions, component, sub-component): the occurrences and
+# repetitions as slices, the component and sub-component as 0-based indexes. Paths come from mapping rules,
+# so there are few of them; each is worked out once per process.
+PathSpec = tuple[str, slice, int | None, slice, int | None, int | None]
+_SPECS: dict[str, PathSpec] = {}
+
+
+def _path_spec(path: str) -> PathSpec:
+    spec = _SPECS.get(path)
+    if spec is None:
+        match = _PATH.match(path.strip())
+        if match is None:
+            raise ValueError(f"Not an HL7 path: {path!r}")
+        seg, occ, field, rep, comp, sub = match.group("seg", "occ", "field", "rep", "comp", "sub")
+        spec = (
+            seg,
+            _selection(occ),
+            None if field is None else int(field),
+            _selection(rep),
+            None if comp is None else int(comp) - 1,
+            None if sub is None else int(sub) - 1,
+        )
+        if len(_SPECS) > 10000:
+            _SPECS.clear()
+        _SPECS[path] = spec
+    return spec
+
+
+def _selection(number: str | None) -> slice:
+    """Which occurrences or repetitions `[n]` / `[*]` selects: the first when not given, none for `[0]`."""
+    if number is None:
+        return slice(0, 1)
+    if number == "*":
+        return slice(None)
+    index = int(number) - 1
+    return slice(index, index + 1)
 
 
 def _message_type(code: str, trigger: str) -> str:

@@ -180,6 +180,23 @@ def test_an_unreadable_value_names_the_field_and_source_but_not_the_value() -> N
     assert "SECRET-VALUE" not in caught.value.message
 
 
+def test_a_rule_edited_in_place_is_read_anew() -> None:
+    # The engine keeps a worked-out plan on each rule; editing the rule in the same process must not reuse it.
+    lookup = rule("value", "PV1-2", Transform.LOOKUP, {"table": {"I": "inpatient"}})
+    assert apply_rules([lookup], A03).data == {"value": "inpatient"}
+
+    lookup.argument["table"]["I"] = "admitted"
+    assert apply_rules([lookup], A03).data == {"value": "admitted"}
+
+    lookup.source = "PID-8"
+    lookup.argument = {"table": {"F": "female"}}
+    assert apply_rules([lookup], A03).data == {"value": "female"}
+
+    lookup.target = "patient.sex"
+    lookup.transform = Transform.UPPER
+    assert apply_rules([lookup], A03).data == {"patient": {"sex": "F"}}
+
+
 @pytest.mark.parametrize(
     ("bad_rule", "text"),
     [
