@@ -2,10 +2,11 @@
 
 Claiming. Any number of workers (processes, hosts) share the message store as their queue. A claim runs in
 one short transaction that claimers take turns on (a PostgreSQL advisory lock; SQLite's write lock), with the
-candidate rows read `FOR UPDATE SKIP LOCKED`. Inside it the claimer first *triages* messages no worker has
-read yet: it reads the business key they are ordered by (`business_key_for`, the encounter, PV1-19) and moves
-them to their lane (`lane_for`). It then picks messages lane by lane, clinical first, so that a flood of
-financial or batch (replay) work never delays an admission or a discharge. Per-key order: a message is claimed
+candidate rows read `FOR UPDATE SKIP LOCKED`. Every message has a business key it is ordered by
+(`business_key_for`, the encounter, PV1-19) and a lane (`lane_for`): ingest reads both when it stores the
+message (healthsync.ingest), and the claimer first *triages* the messages stored without them (replays).
+It then picks messages lane by lane, clinical first, so that a flood of financial or batch (replay) work
+never delays an admission or a discharge. Per-key order: a message is claimed
 only when no earlier message (lower id) with the same key is still waiting or being processed elsewhere;
 earlier waiting messages of that key are claimed with it, and a worker processes its batch in id order. So an
 A13 (cancel discharge) is never applied before the A03 it cancels, however many workers run.
