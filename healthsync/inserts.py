@@ -197,7 +197,7 @@ def _insert_statement(
         f"INSERT INTO {quote(meta.db_table)} ({names}) "  # noqa: S608 (identifiers from the model)
         f"SELECT {names} FROM {_recordset(fields)}{conflict} RETURNING {returning}"
     )
-    return sql, _columns(fields), key_fields
+    return sql, _columns(fields, adding=True), key_fields
 
 
 def _insert_quietly(obj: Model) -> bool:
@@ -254,7 +254,7 @@ def _update_statement(model: type[Model], names: tuple[str, ...]) -> tuple[str, 
         # it index look-ups.
         f"AND t.{pk} = ANY(%s::{_base_type(meta.pk)}[])"
     )
-    return sql, _columns(fields)
+    return sql, _columns(fields, adding=False)
 
 
 def _recordset(fields: Sequence[Field]) -> str:
@@ -277,13 +277,16 @@ class _Column(NamedTuple):
 
     name: str
     field: Field
-    # Whether the value is taken by pre_save (auto_now, auto_now_add), as the insert compiler takes it.
+    # Whether an insert takes the value by pre_save (auto_now, auto_now_add), as the insert compiler does; an
+    # update writes the values as they are, as update_rows always did.
     pre_save: bool
     convert: Callable[[Any], Any]
 
 
-def _columns(fields: Sequence[Field]) -> tuple[_Column, ...]:
-    return tuple(_Column(f.column, f, type(f).pre_save is not Field.pre_save, _converter(f)) for f in fields)
+def _columns(fields: Sequence[Field], *, adding: bool) -> tuple[_Column, ...]:
+    return tuple(
+        _Column(f.column, f, adding and type(f).pre_save is not Field.pre_save, _converter(f)) for f in fields
+    )
 
 
 def _rows_json(columns: Sequence[_Column], objs: Sequence[Model]) -> str:

@@ -148,6 +148,16 @@ def test_update_rows_stores_what_save_stores() -> None:
     assert _stored(updated, skip=skip) == _stored(saved, skip=skip)
 
 
+def test_update_rows_writes_an_auto_now_value_as_it_is() -> None:
+    run = _run("kept")
+    run.save()
+    run.updated_at = datetime(2026, 2, 3, 4, 5, 6, tzinfo=UTC)
+
+    update_rows([run], ["updated_at"])
+
+    assert WorkflowRun.objects.get(pk=run.pk).updated_at == datetime(2026, 2, 3, 4, 5, 6, tzinfo=UTC)
+
+
 def test_insert_many_sets_the_pks_in_order() -> None:
     run = _run("steps")
     run.save()
