@@ -26,6 +26,7 @@ from dashboards.tally import COLUMNS, Tally
 from healthsync import unitofwork
 from healthsync.choices import RunStatus
 from healthsync.governance.runtime import step_slas
+from healthsync.inserts import insert_many
 from workflows.definitions import WORKFLOWS, Workflow
 from workflows.models import WorkflowRun, WorkflowStep
 
@@ -297,9 +298,7 @@ def mark_dirty(run_id: int | None) -> None:
 
 
 def _write_dirty(run_ids: set[int]) -> None:
-    DirtyRun.objects.bulk_create(
-        [DirtyRun(run_id=run_id) for run_id in sorted(run_ids)], ignore_conflicts=True
-    )
+    insert_many([DirtyRun(run_id=run_id) for run_id in sorted(run_ids)], ignore_conflicts=True)
 
 
 def on_run_saved(sender: type, instance: WorkflowRun, raw: bool = False, **kwargs: Any) -> None:

@@ -9,12 +9,27 @@ would (apps listen: the event-stream publisher, the KPI rollups); pre_save is no
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any, NamedTuple
+from uuid import UUID
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import JSONField, Model
+from django.db.models import (
+    BooleanField,
+    CharField,
+    DateTimeField,
+    DecimalField,
+    Field,
+    IntegerField,
+    JSONField,
+    Model,
+    TextField,
+    UUIDField,
+)
 from django.db.models.constants import OnConflict
 from django.db.models.signals import post_save
 from django.db.models.sql import InsertQuery
@@ -111,26 +126,9 @@ def insert_many_if_new(objs: Sequence[Model], *, key: Sequence[str], signal: boo
                 send_created(obj)
         return inserted
     model = objs[0].__class__
-    meta = model._meta
-    fields = [f for f in meta.local_concrete_fields if not f.generated]
-    if any(obj.pk is None for obj in objs):
-        fields = [f for f in fields if f is not meta.auto_field]
-    key_fields = [meta.get_field(name) for name in key]
-    quote = connection.ops.quote_name
-    # Rows as VALUES, each value a parameter prepared as the insert compiler prepares it. (Django's bulk
-    # insert sends a column of values as one array, and psycopg escapes each quote of a JSON document in
-    # an array element in Python: on event data that cost more than the insert itself.)
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    returning = ", ".join(quote(f.column) for f in [meta.pk, *key_fields])
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608
-        f"VALUES {', '.join([row] * len(objs))} ON CONFLICT DO NOTHING RETURNING {returning}"
-    )
-    params = [
-        f.get_db_prep_save(f.pre_save(obj, True), connection=connection) for obj in objs for f in fields
-    ]
+    sql, columns, key_fields = _insert_statement(model, any(obj.pk is None for obj in objs), tuple(key))
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, [_rows_json(columns, objs)])
         rows = cursor.fetchall()
     pks = {tuple(row[1:]): row[0] for row in rows}
     inserted = []
@@ -139,13 +137,67 @@ def insert_many_if_new(objs: Sequence[Model], *, key: Sequence[str], signal: boo
         if pk is None:
             inserted.append(False)
             continue
-        obj.pk = meta.pk.to_python(pk)
-        obj._state.adding = False
-        obj._state.db = connection.alias
+        _set_inserted(obj, pk)
         inserted.append(True)
         if signal:
             send_created(obj)
     return inserted
+
+
+def insert_many(objs: Sequence[Model], *, ignore_conflicts: bool = False) -> None:
+    """Insert the rows of one model in one statement, as `bulk_create` does, sending no signals.
+
+    Without compiling the statement anew on every call. The pks are set; a unique key already taken raises
+    IntegrityError, unless `ignore_conflicts` skips such rows (then, as with bulk_create, no pk is set).
+    """
+    if not objs:
+        return
+    model = objs[0].__class__
+    if connection.vendor != "postgresql":
+        model._base_manager.bulk_create(objs, ignore_conflicts=ignore_conflicts)
+        return
+    key = () if ignore_conflicts else None
+    sql, columns, _ = _insert_statement(model, any(obj.pk is None for obj in objs), key)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [_rows_json(columns, objs)])
+        rows = cursor.fetchall()
+    if ignore_conflicts:
+        return
+    # PostgreSQL returns the rows of an INSERT … SELECT in the order it inserts them (Django's bulk_create
+    # relies on it too).
+    for obj, (pk,) in zip(objs, rows, strict=True):
+        _set_inserted(obj, pk)
+
+
+def _set_inserted(obj: Model, pk: Any) -> None:
+    obj.pk = obj._meta.pk.to_python(pk)
+    obj._state.adding = False
+    obj._state.db = connection.alias
+
+
+@functools.cache
+def _insert_statement(
+    model: type[Model], new_pks: bool, key: tuple[str, ...] | None
+) -> tuple[str, tuple[_Column, ...], tuple[Field, ...]]:
+    """INSERT … SELECT from the rows as JSON (`_rows_json`), the columns, and the key fields it returns.
+
+    With `new_pks` the pk is left to its sequence. With a `key` (empty or not), rows whose unique key is taken
+    are skipped and the statement returns the pk and the key of each inserted row, else the pk of every row.
+    """
+    meta = model._meta
+    fields = [f for f in meta.local_concrete_fields if not f.generated]
+    if new_pks:
+        fields = [f for f in fields if f is not meta.auto_field]
+    key_fields = tuple(meta.get_field(name) for name in key or ())
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(f.column) for f in fields)
+    returning = ", ".join(quote(f.column) for f in [meta.pk, *key_fields])
+    conflict = " ON CONFLICT DO NOTHING" if key is not None else ""
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({names}) "  # noqa: S608 (identifiers from the model)
+        f"SELECT {names} FROM {_recordset(fields)}{conflict} RETURNING {returning}"
+    )
+    return sql, _columns(fields, adding=True), key_fields
 
 
 def _insert_quietly(obj: Model) -> bool:
@@ -173,7 +225,7 @@ def send_created(obj: Model) -> None:
 def update_rows(objs: Sequence[Model], fields: Sequence[str]) -> None:
     """Write `fields` of many rows of one model from their in-memory values in one statement (no signals).
 
-    On PostgreSQL one UPDATE … FROM (VALUES …): `bulk_update`'s CASE per column costs far more to plan.
+    On PostgreSQL one UPDATE … FROM the rows as JSON: `bulk_update`'s CASE per column costs far more to plan.
     """
     if not objs:
         return
@@ -182,35 +234,128 @@ def update_rows(objs: Sequence[Model], fields: Sequence[str]) -> None:
     if connection.vendor != "postgresql":
         model._base_manager.bulk_update(objs, list(fields), batch_size=200)
         return
+    sql, columns = _update_statement(model, tuple(fields))
+    ids = [meta.pk.get_db_prep_save(obj.pk, connection) for obj in objs]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [_rows_json(columns, objs), ids])
+
+
+@functools.cache
+def _update_statement(model: type[Model], names: tuple[str, ...]) -> tuple[str, tuple[_Column, ...]]:
+    meta = model._meta
     quote = connection.ops.quote_name
-    columns = [meta.get_field(name) for name in fields]
-    pk_type = meta.pk.rel_db_type(connection) if meta.pk.is_relation else meta.pk.db_type(connection)
-    # Rows as VALUES with a cast per value (the first row types the columns): arrays of JSON documents would
-    # be escaped element by element in Python by psycopg.
-    casts = [pk_type, *("jsonb" if isinstance(c, JSONField) else c.db_type(connection) for c in columns)]
-    row = "(" + ", ".join(f"%s::{cast}" for cast in casts) + ")"
-    params: list[Any] = []
-    for obj in objs:
-        params.append(meta.pk.get_db_prep_save(obj.pk, connection))
-        for column in columns:
-            value = getattr(obj, column.attname)
-            if isinstance(column, JSONField):
-                params.append(None if value is None else json.dumps(value, cls=column.encoder))
-            else:
-                params.append(column.get_db_prep_save(value, connection))
+    fields = [meta.pk, *(meta.get_field(name) for name in names)]
     pk = quote(meta.pk.column)
-    names = ", ".join(["id", *(f"c{n}" for n in range(len(columns)))])
-    sets = ", ".join(f"{quote(column.column)} = v.c{n}" for n, column in enumerate(columns))
+    sets = ", ".join(f"{quote(f.column)} = r.{quote(f.column)}" for f in fields[1:])
     sql = (
         f"UPDATE {quote(meta.db_table)} AS t SET {sets} "  # noqa: S608 (identifiers from the model)
-        f"FROM (VALUES {', '.join([row] * len(objs))}) AS v({names}) WHERE t.{pk} = v.id "
+        f"FROM {_recordset(fields)} WHERE t.{pk} = r.{pk} "
         # The join alone may be planned as a hash join over the whole table; the ids as a constant list make
         # it index look-ups.
-        f"AND t.{pk} = ANY(%s::{pk_type}[])"
+        f"AND t.{pk} = ANY(%s::{_base_type(meta.pk)}[])"
     )
-    params.append([meta.pk.get_db_prep_save(obj.pk, connection) for obj in objs])
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    return sql, _columns(fields, adding=False)
+
+
+def _recordset(fields: Sequence[Field]) -> str:
+    """`json_to_recordset` of a parameter (made by `_rows_json`) as a table `r` with the fields' columns.
+
+    Columns get their base type (varchar, numeric): the INSERT or UPDATE then checks length and precision
+    as it does for any value, where a typed column here would truncate.
+    """
+    quote = connection.ops.quote_name
+    columns = ", ".join(f"{quote(f.column)} {_base_type(f)}" for f in fields)
+    return f"json_to_recordset(%s::json) AS r({columns})"
+
+
+def _base_type(field: Field) -> str:
+    return field.db_type(connection).split("(")[0]
+
+
+class _Column(NamedTuple):
+    """How a field's values go into `_rows_json`."""
+
+    name: str
+    field: Field
+    # Whether an insert takes the value by pre_save (auto_now, auto_now_add), as the insert compiler does; an
+    # update writes the values as they are, as update_rows always did.
+    pre_save: bool
+    convert: Callable[[Any], Any]
+
+
+def _columns(fields: Sequence[Field], *, adding: bool) -> tuple[_Column, ...]:
+    return tuple(
+        _Column(f.column, f, adding and type(f).pre_save is not Field.pre_save, _converter(f)) for f in fields
+    )
+
+
+def _rows_json(columns: Sequence[_Column], objs: Sequence[Model]) -> str:
+    """The rows as one JSON document, each value what get_db_prep_save would send (see `_converter`).
+
+    One parameter whatever the row count: psycopg converts a statement with a parameter per value afresh on
+    every call (it caches only short ones), and escapes the elements of an array parameter one by one in
+    Python, where `json.dumps` writes the whole document in C. JSON values (event data, payloads) are
+    embedded as they are rather than dumped one by one.
+    """
+    values = []
+    for _, field, pre_save, convert in columns:
+        if pre_save:
+            raw = [field.pre_save(obj, True) for obj in objs]
+        else:
+            attname = field.attname
+            raw = [getattr(obj, attname) for obj in objs]
+        values.append([None if value is None else convert(value) for value in raw])
+    names = [column.name for column in columns]
+    rows = [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+
+
+def _converter(field: Field) -> Callable[[Any], Any]:
+    """A function from a value (not None) of `field` to the JSON value that json_to_recordset turns into what
+    `field.get_db_prep_save` would have sent.
+
+    get_db_prep_save returns most values as they are (a str for a CharField, an aware datetime, a UUID); it
+    is called only for the others, which is most of the saving: it cost more than the statement.
+    """
+    if isinstance(field, JSONField):
+        if field.encoder is None:
+            return _same
+        return lambda value: json.loads(json.dumps(value, cls=field.encoder))
+    target = field.target_field if field.is_relation else field
+
+    def prepared(value: Any) -> Any:
+        return _json_scalar(field.get_db_prep_save(value, connection=connection))
+
+    if isinstance(target, (CharField, TextField)):
+        # Any str, as CharField.to_python takes it (a TextChoices member is written as its value).
+        return lambda value: value if isinstance(value, str) else prepared(value)
+    if isinstance(target, BooleanField):
+        return lambda value: value if type(value) is bool else prepared(value)
+    if isinstance(target, IntegerField):
+        return lambda value: value if type(value) is int else prepared(value)
+    if isinstance(target, DateTimeField):
+        return lambda value: (
+            str(value) if type(value) is datetime and value.utcoffset() is not None else prepared(value)
+        )
+    if isinstance(target, UUIDField):
+        return lambda value: str(value) if type(value) is UUID else prepared(value)
+    if isinstance(target, DecimalField):
+        return lambda value: str(value) if type(value) is Decimal and value.is_finite() else prepared(value)
+    return prepared
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _json_scalar(value: Any) -> Any:
+    # PostgreSQL reads the text of a date, time, number or UUID exactly as it reads the adapted value; a str or
+    # int subclass (a choices member) is written as its value, as psycopg dumps it.
+    if value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, (date, time, Decimal, UUID, float)):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} values cannot be written as JSON rows")
 
 
 def _defer(unit: unitofwork.UnitOfWork, obj: Model) -> None:
