@@ -41,7 +41,7 @@ from healthsync.inserts import insert_if_new, insert_many_if_new, send_created, 
 from healthsync.models import CanonicalEvent, Delivery, ExceptionItem
 from healthsync.registry import workflow_registry
 from healthsync.unitofwork import current, flush, snapshot
-from workflows.exceptions import exception_raise_or_refresh
+from workflows.exceptions import exception_raise_or_refresh, exceptions_read_ahead, open_exceptions
 from workflows.models import ReimbursementRate, WorkflowRun, WorkflowStep
 
 if TYPE_CHECKING:
@@ -387,7 +387,7 @@ def on_exception_closed(exception: ExceptionItem, actor: User | None = None) -> 
 
 
 def _open_exceptions(run: WorkflowRun) -> Any:
-    return ExceptionItem.objects.open().filter(workflow=run.workflow, business_key=run.business_key)
+    return open_exceptions(run.workflow, run.business_key)
 
 
 def apply_fixes(run: WorkflowRun, fixes: dict[str, str], actor: User | None) -> None:
@@ -1073,6 +1073,7 @@ def _raise(
     run: WorkflowRun, kind: str, reason: str, detail: dict[str, Any], *, event: CanonicalEvent | None
 ) -> ExceptionItem:
     """One open exception of a kind per run (not a delivery's own), refreshed when raised again."""
+    _read_ahead_exceptions(run)
     item = exception_raise_or_refresh(
         run,
         kind,
@@ -1360,6 +1361,7 @@ def _step(
 
 def _raise_missing_data(run: WorkflowRun, missing: list[str], *, event: CanonicalEvent | None) -> None:
     fix_fields = [field for name, fields in REQUIREMENTS if name in missing for field in fields]
+    _read_ahead_exceptions(run)
     exception_raise_or_refresh(
         run,
         ExceptionKind.MISSING_DATA,
@@ -1374,11 +1376,15 @@ def _raise_missing_data(run: WorkflowRun, missing: list[str], *, event: Canonica
     logger.info("run %s blocked: %s missing", run.pk, len(missing))
 
 
+def _read_ahead_exceptions(run: WorkflowRun) -> None:
+    """Before the chunk's first exception, learn which the chunk's runs have open, in one query for them all."""
+    tracked = _tracked_runs()
+    if tracked is not None and tracked.get(run.business_key) is run:
+        exceptions_read_ahead(WORKFLOW, tracked)
+
+
 def _resolve_missing_data(run: WorkflowRun, note: str) -> None:
-    open_items = ExceptionItem.objects.open().filter(
-        workflow=WORKFLOW, business_key=run.business_key, kind=ExceptionKind.MISSING_DATA
-    )
-    for item in open_items:
+    for item in _open_exceptions(run).filter(kind=ExceptionKind.MISSING_DATA):
         item.status = ExceptionStatus.RESOLVED
         item.resolved_at = timezone.now()
         item.resolution_note = note
