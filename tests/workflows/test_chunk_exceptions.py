@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 from auditlog.models import LogEntry
 from django.db import connection
-from django.db.models.signals import post_save
 from django.test.utils import CaptureQueriesContext
 
 from connectors.simulators import hl7_builder
@@ -20,7 +19,7 @@ from healthsync.pipeline import process_pending
 from healthsync.seed import seed_reference_config
 from tests.pipeline_support import store
 from workflows import discharge_to_bill
-from workflows.models import WorkflowRun, WorkflowStep
+from workflows.models import WorkflowRun
 
 pytestmark = pytest.mark.django_db
 
@@ -114,8 +113,3 @@ def test_each_incomplete_account_of_a_chunk_gets_one_exception_and_one_audit_ent
     assert [item.business_key for item in items] == ["V1", "V3"]
     for item in items:
         assert _audit_actions(item) == [LogEntry.Action.CREATE]
-
-
-def test_nothing_listens_to_new_workflow_steps() -> None:
-    """A chunk writes its steps without sending post_save: a receiver added for them would need it sent."""
-    assert not post_save.has_listeners(WorkflowStep)
