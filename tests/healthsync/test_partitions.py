@@ -98,6 +98,7 @@ def test_ingest_creates_the_partition_it_needs_on_demand(ehr: Connector, monkeyp
     assert _home(outcome.message_id) == partitions.partition_name(partitions.range_for(later)[0])
 
 
+@pytest.mark.django_db(transaction=True)  # the listener's connection commits on its own
 def test_the_listener_connection_creates_the_partition_it_needs_too(ehr: Connector, monkeypatch) -> None:
     # The listener writes on its own psycopg connection, whose cursors bind parameters on the server.
     later = timezone.now() + timedelta(days=12)
