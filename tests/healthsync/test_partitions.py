@@ -104,13 +104,14 @@ def test_the_listener_connection_creates_the_partition_it_needs_too(ehr: Connect
     later = timezone.now() + timedelta(days=12)
     monkeypatch.setattr(timezone, "now", lambda: later)
     monkeypatch.setattr(partitions.ingest_coverage, "until", None)
+    name = partitions.partition_name(partitions.range_for(later)[0])
     raw = ingest.connect()
     try:
         outcome = store_messages([_item(ehr, "D2")], raw_connection=raw)[0]
+        assert _home(outcome.message_id) == name
     finally:
+        raw.execute(f'DROP TABLE IF EXISTS "{name}"')  # committed DDL: leave no partition behind
         raw.close()
-
-    assert _home(outcome.message_id) == partitions.partition_name(partitions.range_for(later)[0])
 
 
 def test_partitions_follow_the_configured_size_and_fill_gaps_only(ehr: Connector, settings) -> None:
