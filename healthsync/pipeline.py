@@ -207,14 +207,7 @@ def _choose(candidates: list[tuple[int, str]], size: int) -> list[int]:
     keys = {key for _, key in candidates if key}
     unfinished: dict[str, list[tuple[int, str]]] = defaultdict(list)
     if keys:
-        rows = (
-            Message.objects.filter(
-                sequence_key__in=keys, status__in=[MessageStatus.RECEIVED, MessageStatus.PROCESSING]
-            )
-            .order_by("id")
-            .values_list("id", "sequence_key", "status")
-        )
-        for message_id, key, status in rows:
+        for message_id, key, status in _unfinished_of(sorted(keys)):
             unfinished[key].append((message_id, status))
     chosen: set[int] = set()
     blocked: set[str] = set()
@@ -239,6 +232,26 @@ def _choose(candidates: list[tuple[int, str]], size: int) -> list[int]:
         chosen.update(i for i, _ in earlier)
         chosen.add(message_id)
     return list(chosen)
+
+
+def _unfinished_of(keys: list[str]) -> Iterable[tuple[int, str, str]]:
+    """(id, key, status) of the messages of `keys` still waiting or being processed, in id order."""
+    waiting = [MessageStatus.RECEIVED, MessageStatus.PROCESSING]
+    if connection.vendor != "postgresql":
+        return (
+            Message.objects.filter(sequence_key__in=keys, status__in=waiting)
+            .order_by("id")
+            .values_list("id", "sequence_key", "status")
+        )
+    # The keys as one array joined in: an IN list of a few hundred constants costs more to plan (an estimate
+    # per constant) than to run.
+    sql = (
+        f"SELECT id, sequence_key, status FROM {connection.ops.quote_name(Message._meta.db_table)} "  # noqa: S608
+        "WHERE sequence_key IN (SELECT unnest(%s::text[])) AND status = ANY(%s::text[]) ORDER BY id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [keys, waiting])
+        return cursor.fetchall()
 
 
 def _triage_pending(limit: int) -> int:

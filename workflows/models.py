@@ -38,19 +38,28 @@ class WorkflowRun(models.Model):
 class WorkflowStep(models.Model):
     """A step a run reached, with the business time it happened and the event or delivery behind it."""
 
-    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps")
+    # Indexed by one_step_per_run (run, step); the delivery only where a step has one. Every index costs a
+    # write per step, and a chunk writes a step or two per message.
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps", db_index=False)
     step = models.CharField(max_length=80)
     occurred_at = models.DateTimeField(help_text="Business time: discharge time, claim submission time.")
     recorded_at = models.DateTimeField(default=timezone.now)
     event = models.ForeignKey(
         CanonicalEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    delivery = models.ForeignKey(Delivery, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    delivery = models.ForeignKey(
+        Delivery, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
     note = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["occurred_at", "id"]
-        indexes = [models.Index(fields=["step", "occurred_at"], name="workflow_step_time")]
+        indexes = [
+            models.Index(fields=["step", "occurred_at"], name="workflow_step_time"),
+            models.Index(
+                fields=["delivery"], name="workflow_step_delivery", condition=models.Q(delivery__isnull=False)
+            ),
+        ]
         constraints = [models.UniqueConstraint(fields=["run", "step"], name="one_step_per_run")]
 
     def __str__(self) -> str:
