@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -107,13 +108,19 @@ def insert_if_new(obj: Model) -> bool:
     return True
 
 
-def insert_many_if_new(objs: Sequence[Model], *, key: Sequence[str], signal: bool = True) -> list[bool]:
+def insert_many_if_new(
+    objs: Sequence[Model], *, key: Sequence[str], signal: bool = True, varying: Sequence[str] | None = None
+) -> list[bool]:
     """Insert the rows of one model in one statement, skipping any whose unique key is taken.
 
     Returns, per object, whether it was inserted (its pk is then set). `key` names the fields of the unique
     key that decides a repeat; of two objects with the same key in `objs`, only the first is inserted. With
     `signal`, post_save is sent for each inserted row (in order) as `insert_if_new` does; without it the
     caller sends it (`send_created`) when the row's turn comes.
+
+    With `varying`, the objects differ only in those fields (and their pks, if set): every other value is
+    prepared once, from the first object, and sent once (a chunk's new workflow runs, alike but for their
+    business key, cost a third less so). Inserted objects get the first one's auto_now values.
     """
     if not objs:
         return []
@@ -125,19 +132,29 @@ def insert_many_if_new(objs: Sequence[Model], *, key: Sequence[str], signal: boo
             if ok and signal:
                 send_created(obj)
         return inserted
-    model = objs[0].__class__
-    sql, columns, key_fields = _insert_statement(model, any(obj.pk is None for obj in objs), tuple(key))
+    new_pks = any(obj.pk is None for obj in objs)
+    statement = _object_insert(
+        objs[0].__class__, new_pks, tuple(key), None if varying is None else tuple(varying)
+    )
+    params = [_rows_json(statement.columns, objs)]
+    if statement.shared:
+        params.append(_rows_json(statement.shared, objs[:1]))
     with connection.cursor() as cursor:
-        cursor.execute(sql, [_rows_json(columns, objs)])
+        cursor.execute(statement.sql, params)
         rows = cursor.fetchall()
     pks = {tuple(row[1:]): row[0] for row in rows}
+    key_names = [f.attname for f in statement.returning[1:]]
+    # The values an insert took by pre_save (auto_now), which only the first object was asked for.
+    taken = [(c.field.attname, getattr(objs[0], c.field.attname)) for c in statement.shared if c.pre_save]
     inserted = []
     for obj in objs:
-        pk = pks.pop(tuple(getattr(obj, f.attname) for f in key_fields), None)
+        pk = pks.pop(tuple(getattr(obj, name) for name in key_names), None)
         if pk is None:
             inserted.append(False)
             continue
         _set_inserted(obj, pk)
+        for name, value in taken:
+            setattr(obj, name, value)
         inserted.append(True)
         if signal:
             send_created(obj)
@@ -156,10 +173,11 @@ def insert_many(objs: Sequence[Model], *, ignore_conflicts: bool = False) -> Non
     if connection.vendor != "postgresql":
         model._base_manager.bulk_create(objs, ignore_conflicts=ignore_conflicts)
         return
-    key = () if ignore_conflicts else None
-    sql, columns, _ = _insert_statement(model, any(obj.pk is None for obj in objs), key)
+    statement = _object_insert(
+        model, any(obj.pk is None for obj in objs), () if ignore_conflicts else None, None
+    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [_rows_json(columns, objs)])
+        cursor.execute(statement.sql, [_rows_json(statement.columns, objs)])
         rows = cursor.fetchall()
     if ignore_conflicts:
         return
@@ -175,29 +193,100 @@ def _set_inserted(obj: Model, pk: Any) -> None:
     obj._state.db = connection.alias
 
 
+def insert_rows(
+    model: type[Model], names: Sequence[str], rows: Sequence[Sequence[Any] | dict[str, Any]]
+) -> None:
+    """Insert rows given as plain values of `model`'s fields `names`, in one statement, sending no signals.
+
+    A row is a tuple of values in the order of `names` or a dict by name; values are written as they are
+    (no defaults, no auto_now) and columns not named get the table's default. For writes that need no model
+    object per row (a chunk's new workflow steps): building the objects cost more than the insert.
+    """
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        objs = [
+            model(**(row if isinstance(row, dict) else dict(zip(names, row, strict=True)))) for row in rows
+        ]
+        model._base_manager.bulk_create(objs)
+        return
+    statement = _insert_statement(model, tuple(names))
+    keys: Sequence[int | str] = names if isinstance(rows[0], dict) else range(len(names))
+    values = [list(map(itemgetter(key), rows)) for key in keys]
+    with connection.cursor() as cursor:
+        cursor.execute(statement.sql, [_values_json(statement.columns, values)])
+
+
+class _Insert(NamedTuple):
+    """An INSERT … SELECT from rows as JSON (`_values_json`) and how its parameters are made."""
+
+    sql: str
+    # The columns of the rows parameter, then of the one-row parameter of values all rows share (if any).
+    columns: tuple[_Column, ...]
+    shared: tuple[_Column, ...]
+    returning: tuple[Field, ...]
+
+
 @functools.cache
-def _insert_statement(
-    model: type[Model], new_pks: bool, key: tuple[str, ...] | None
-) -> tuple[str, tuple[_Column, ...], tuple[Field, ...]]:
-    """INSERT … SELECT from the rows as JSON (`_rows_json`), the columns, and the key fields it returns.
+def _object_insert(
+    model: type[Model], new_pks: bool, key: tuple[str, ...] | None, varying: tuple[str, ...] | None
+) -> _Insert:
+    """The insert of model objects, with their values taken as the insert compiler takes them (pre_save).
 
     With `new_pks` the pk is left to its sequence. With a `key` (empty or not), rows whose unique key is taken
     are skipped and the statement returns the pk and the key of each inserted row, else the pk of every row.
+    With `varying`, only those fields (and a pk given) come per row; the others come once, shared.
     """
     meta = model._meta
-    fields = [f for f in meta.local_concrete_fields if not f.generated]
+    names = [f.attname for f in meta.local_concrete_fields if not f.generated]
     if new_pks:
-        fields = [f for f in fields if f is not meta.auto_field]
-    key_fields = tuple(meta.get_field(name) for name in key or ())
-    quote = connection.ops.quote_name
-    names = ", ".join(quote(f.column) for f in fields)
-    returning = ", ".join(quote(f.column) for f in [meta.pk, *key_fields])
-    conflict = " ON CONFLICT DO NOTHING" if key is not None else ""
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({names}) "  # noqa: S608 (identifiers from the model)
-        f"SELECT {names} FROM {_recordset(fields)}{conflict} RETURNING {returning}"
+        names.remove(meta.pk.attname)
+    shared: tuple[str, ...] = ()
+    if varying is not None:
+        per_row = {meta.get_field(name).attname for name in varying} | {meta.pk.attname}
+        shared = tuple(name for name in names if name not in per_row)
+    return _insert_statement(
+        model,
+        tuple(names),
+        shared=shared,
+        skip_taken=key is not None,
+        returning=("pk", *(key or ())),
+        adding=True,
     )
-    return sql, _columns(fields, adding=True), key_fields
+
+
+@functools.cache
+def _insert_statement(
+    model: type[Model],
+    names: tuple[str, ...],
+    *,
+    shared: tuple[str, ...] = (),
+    skip_taken: bool = False,
+    returning: tuple[str, ...] = (),
+    adding: bool = False,
+) -> _Insert:
+    """INSERT of the fields `names` SELECTed from the rows as JSON (and the `shared` ones from a row of their own).
+
+    With `skip_taken`, a row whose unique key is taken is skipped (ON CONFLICT DO NOTHING). With `adding`, an
+    object's values are taken by pre_save. The text is the same whatever the number of rows.
+    """
+    meta = model._meta
+    fields = [meta.get_field(name) for name in names]
+    shared_fields = [f for f in fields if f.attname in shared]
+    row_fields = [f for f in fields if f.attname not in shared]
+    returned = tuple(meta.pk if name == "pk" else meta.get_field(name) for name in returning)
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    source = _recordset(row_fields)
+    if shared_fields:
+        # A cross join with one row: its columns' names differ from the rows' ones.
+        source += ", " + _recordset(shared_fields, alias="s")
+    sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) SELECT {columns} FROM {source}"  # noqa: S608 (identifiers from the model)
+    if skip_taken:
+        sql += " ON CONFLICT DO NOTHING"
+    if returned:
+        sql += " RETURNING " + ", ".join(quote(f.column) for f in returned)
+    return _Insert(sql, _columns(row_fields, adding=adding), _columns(shared_fields, adding=adding), returned)
 
 
 def _insert_quietly(obj: Model) -> bool:
@@ -257,15 +346,15 @@ def _update_statement(model: type[Model], names: tuple[str, ...]) -> tuple[str, 
     return sql, _columns(fields, adding=False)
 
 
-def _recordset(fields: Sequence[Field]) -> str:
-    """`json_to_recordset` of a parameter (made by `_rows_json`) as a table `r` with the fields' columns.
+def _recordset(fields: Sequence[Field], alias: str = "r") -> str:
+    """`json_to_recordset` of a parameter (made by `_values_json`) as a table `alias` with the fields' columns.
 
     Columns get their base type (varchar, numeric): the INSERT or UPDATE then checks length and precision
     as it does for any value, where a typed column here would truncate.
     """
     quote = connection.ops.quote_name
     columns = ", ".join(f"{quote(f.column)} {_base_type(f)}" for f in fields)
-    return f"json_to_recordset(%s::json) AS r({columns})"
+    return f"json_to_recordset(%s::json) AS {alias}({columns})"
 
 
 def _base_type(field: Field) -> str:
@@ -273,7 +362,7 @@ def _base_type(field: Field) -> str:
 
 
 class _Column(NamedTuple):
-    """How a field's values go into `_rows_json`."""
+    """How a field's values go into `_values_json`."""
 
     name: str
     field: Field
@@ -290,23 +379,32 @@ def _columns(fields: Sequence[Field], *, adding: bool) -> tuple[_Column, ...]:
 
 
 def _rows_json(columns: Sequence[_Column], objs: Sequence[Model]) -> str:
-    """The rows as one JSON document, each value what get_db_prep_save would send (see `_converter`).
+    """The objects' values as `_values_json` rows, taken by pre_save where the column says so."""
+    values = []
+    for _, field, pre_save, _ in columns:
+        if pre_save:
+            values.append([field.pre_save(obj, True) for obj in objs])
+        else:
+            attname = field.attname
+            values.append([getattr(obj, attname) for obj in objs])
+    return _values_json(columns, values)
+
+
+def _values_json(columns: Sequence[_Column], values: Sequence[Sequence[Any]]) -> str:
+    """The rows (given as one list of values per column) as one JSON document, each value what get_db_prep_save
+    would send (see `_converter`).
 
     One parameter whatever the row count: psycopg converts a statement with a parameter per value afresh on
     every call (it caches only short ones), and escapes the elements of an array parameter one by one in
     Python, where `json.dumps` writes the whole document in C. JSON values (event data, payloads) are
     embedded as they are rather than dumped one by one.
     """
-    values = []
-    for _, field, pre_save, convert in columns:
-        if pre_save:
-            raw = [field.pre_save(obj, True) for obj in objs]
-        else:
-            attname = field.attname
-            raw = [getattr(obj, attname) for obj in objs]
-        values.append([None if value is None else convert(value) for value in raw])
     names = [column.name for column in columns]
-    rows = [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+    converted = [
+        [None if value is None else column.convert(value) for value in column_values]
+        for column, column_values in zip(columns, values, strict=True)
+    ]
+    rows = [dict(zip(names, row, strict=True)) for row in zip(*converted, strict=True)]
     return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
 
 

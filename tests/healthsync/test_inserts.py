@@ -6,6 +6,7 @@ would change prepared by it; these tests hold that shortcut to the ORM's own wri
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -15,11 +16,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Model
+from django.db.models.signals import post_save
 from django.test.utils import CaptureQueriesContext
 
 from dashboards.models import DirtyRun
 from healthsync.choices import DeliveryStatus, RunStatus
-from healthsync.inserts import insert_many, insert_many_if_new, update_rows
+from healthsync.inserts import insert_many, insert_many_if_new, insert_rows, update_rows
 from healthsync.models import CanonicalEvent, Connector, Delivery
 from healthsync.seed import seed_reference_config
 from workflows.models import WorkflowRun, WorkflowStep
@@ -184,6 +186,58 @@ def test_insert_many_raises_on_a_taken_key_unless_told_to_skip_it() -> None:
     assert sorted(DirtyRun.objects.values_list("run_id", flat=True)) == [1, 2]
 
 
+def test_plain_rows_are_stored_as_save_stores_them_as_tuples_or_dicts() -> None:
+    run = _run("steps")
+    run.save()
+    event = CanonicalEvent.objects.create(type="t", source="s", idempotency_key="e-3", data={})
+    names = ["run_id", "step", "occurred_at", "recorded_at", "event_id", "note"]
+    values = {
+        "run_id": run.pk,
+        "occurred_at": datetime(2026, 3, 29, 1, 30, 0, 123456, tzinfo=ZoneInfo("Europe/Berlin")),
+        "recorded_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "note": AWKWARD_TEXT,
+    }
+    saved = WorkflowStep.objects.create(step="saved", event=event, **values)
+
+    insert_rows(
+        WorkflowStep, names, [tuple({**values, "step": "tuple", "event_id": event.pk}[n] for n in names)]
+    )
+    insert_rows(WorkflowStep, names, [{**values, "step": "dict", "event_id": event.pk}])
+
+    stored = [_stored(step, skip=("step",)) for step in WorkflowStep.objects.order_by("step")]
+    assert [step.step for step in WorkflowStep.objects.order_by("step")] == ["dict", "saved", "tuple"]
+    assert stored == [_stored(saved, skip=("step",))] * 3
+
+
+def test_runs_alike_but_for_their_key_are_stored_as_save_stores_them() -> None:
+    values = {
+        "context": AWKWARD_JSON,
+        "amount": Decimal("5.5"),
+        "step": AWKWARD_TEXT[:80],
+        "started_at": datetime(2026, 3, 29, 1, 30, tzinfo=ZoneInfo("Europe/Berlin")),
+    }
+    saved = _run("saved", **values)
+    saved.save()
+    taken = _run("taken")
+    taken.save()
+    sent = []
+    receiver = lambda sender, instance, created, **kwargs: sent.append((instance.business_key, created))  # noqa: E731
+    post_save.connect(receiver, sender=WorkflowRun)
+    try:
+        runs = [_run(key, **values) for key in ["a", "taken", "b", "a"]]
+        inserted = insert_many_if_new(runs, key=["workflow", "business_key"], varying=["business_key"])
+    finally:
+        post_save.disconnect(receiver, sender=WorkflowRun)
+
+    assert inserted == [True, False, True, False]
+    assert sent == [("a", True), ("b", True)]
+    assert runs[1].pk is None and runs[3].pk is None
+    skip = ("business_key", "updated_at")
+    for run in (runs[0], runs[2]):
+        assert _stored(run, skip=skip) == _stored(saved, skip=skip)
+        assert WorkflowRun.objects.get(pk=run.pk).updated_at == run.updated_at
+
+
 @postgres_only
 def test_the_statement_is_the_same_for_any_number_of_rows() -> None:
     """psycopg keeps its conversion of a statement only if the text is short, and so the same from call to call."""
@@ -192,11 +246,27 @@ def test_the_statement_is_the_same_for_any_number_of_rows() -> None:
         insert_many_if_new([_run(f"b{n}") for n in range(50)], key=["workflow", "business_key"])
         update_rows(list(WorkflowRun.objects.all()), ["status"])
         update_rows(list(WorkflowRun.objects.all()[:1]), ["status"])
+        for keys in (["c"], [f"d{n}" for n in range(50)]):
+            runs = [_run(key) for key in keys]
+            insert_many_if_new(runs, key=["workflow", "business_key"], varying=["business_key"])
+        run = WorkflowRun.objects.get(business_key="a")
+        for count in (1, 50):
+            rows = [(run.pk, f"s{count}-{n}", run.started_at, run.started_at, "") for n in range(count)]
+            insert_rows(WorkflowStep, ["run_id", "step", "occurred_at", "recorded_at", "note"], rows)
 
-    sql = [q["sql"] for q in queries.captured_queries if "workflows_workflowrun" in q["sql"]]
-    inserts = [text for text in sql if text.startswith("INSERT")]
-    updates = [text for text in sql if text.startswith("UPDATE")]
-    # Django logs the statement with its parameters in place: compare the text before them.
-    assert len({sql.split("json_to_recordset(")[0] for sql in inserts}) == 1
-    assert len({sql.split("json_to_recordset(")[0] for sql in updates}) == 1
-    assert WorkflowRun.objects.count() == 51
+    sql = [q["sql"] for q in queries.captured_queries]
+    inserts = [text for text in sql if text.startswith('INSERT INTO "workflows_workflowrun"')]
+    updates = [text for text in sql if text.startswith('UPDATE "workflows_workflowrun"')]
+    steps = [text for text in sql if text.startswith('INSERT INTO "workflows_workflowstep"')]
+
+    def text(sql: str) -> str:
+        # Django logs the statement with its parameters in place: compare the text around them.
+        return re.sub(r"'(?:[^']|'')*'", "%s", sql)
+
+    assert len({text(sql) for sql in inserts[:2]}) == 1
+    assert len({text(sql) for sql in inserts[2:]}) == 1
+    assert len({text(sql) for sql in updates}) == 1
+    assert len({text(sql) for sql in steps}) == 1
+    assert (len(inserts), len(updates), len(steps)) == (4, 2, 2)
+    assert WorkflowRun.objects.count() == 102
+    assert WorkflowStep.objects.count() == 51
