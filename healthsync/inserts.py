@@ -476,7 +476,8 @@ def _next_ids(model: type[Model], count: int) -> list[int]:
     meta = model._meta
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+            # The sequence's name looked up once (an init plan), not once per id.
+            "SELECT nextval((SELECT pg_get_serial_sequence(%s, %s))::regclass) FROM generate_series(1, %s)",
             [meta.db_table, meta.pk.column, count],
         )
         return [row[0] for row in cursor.fetchall()]
