@@ -619,6 +619,11 @@ def run_benchmark(
                 result[f"load_average_after_{conns}conn"] = load_average()
             stored = delete_bench_messages(connector.pk)
             result["ingest_messages_stored"] = stored
+            if not skip_latency and not _has_active_mapping(BENCH_TYPES[0]):
+                # A fresh database: the reference configuration the processing measurement seeds as well.
+                from healthsync.seed import seed_reference_config
+
+                seed_reference_config()
             if skip_latency:
                 result["latency_p95_ms"] = None
                 notes.append("latency skipped (--skip-latency)")

@@ -11,7 +11,6 @@ from django.core.management import call_command
 from connectors.hl7v2.reader import parse
 from healthsync import benchmark
 from healthsync.models import CanonicalEvent, Connector, Message, System
-from healthsync.seed import seed_reference_config
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,7 +24,7 @@ RATE_KEYS = [
 
 
 def test_benchmark_quick_prints_every_figure_as_a_number_and_cleans_up() -> None:
-    seed_reference_config()
+    # On a fresh database: the benchmark seeds the reference configuration it measures with.
     out = io.StringIO()
 
     call_command("benchmark", "--quick", stdout=out)
