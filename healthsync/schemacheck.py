@@ -38,6 +38,11 @@ _STANDARD_TYPES: dict[str, str] = {
     "string": "isinstance({0}, str)",
 }
 
+# The jsonschema keyword functions this module reproduces: those of drafts 6 to 2020-12. A validator that gives a
+# keyword another function (draft 3 ignores a "required" list, draft 4 reads "exclusiveMinimum" in "minimum", a
+# custom validator may override anything) is not answered for that keyword.
+_REFERENCE_VALIDATORS = (jsonschema.Draft202012Validator.VALIDATORS, jsonschema.Draft7Validator.VALIDATORS)
+
 # The instance type a keyword applies to: jsonschema passes any other instance.
 _APPLIES_TO = {
     "required": "object",
@@ -82,6 +87,11 @@ class _Source:
         self.standard_types = validator.TYPE_CHECKER is jsonschema.Draft202012Validator.TYPE_CHECKER
         self.namespace: dict[str, Any] = {"Number": numbers.Number, "is_type": validator.is_type}
         self.variables = 0
+        self.keywords = frozenset(
+            keyword
+            for keyword, function in validator.VALIDATORS.items()
+            if any(function is reference.get(keyword) for reference in _REFERENCE_VALIDATORS)
+        )
 
     def name_for(self, value: Any) -> str:
         """An expression for `value`: a literal for strings and integers, else a name bound in the namespace."""
@@ -112,7 +122,9 @@ class _Source:
         for keyword, value in schema.items():
             if keyword in _ANNOTATIONS:
                 continue
-            body = self.keyword(schema, keyword, value, variable)
+            if keyword not in self.keywords:
+                return None
+            body = self.keyword(keyword, value, variable)
             if body is None:
                 return None
             applies_to = _APPLIES_TO.get(keyword)
@@ -128,7 +140,7 @@ class _Source:
                 known = value
         return lines
 
-    def keyword(self, schema: dict, keyword: str, value: Any, variable: str) -> list[str] | None:
+    def keyword(self, keyword: str, value: Any, variable: str) -> list[str] | None:
         """Statements returning False when `variable` fails one keyword (of the type it applies to)."""
         if keyword == "type":
             names = value if isinstance(value, list) else [value]
@@ -161,8 +173,7 @@ class _Source:
                     lines += [f"if {key} in {variable}:", f"    {child} = {variable}[{key}]", *_indent(body)]
             return lines
         if keyword == "items":
-            if "prefixItems" in schema:
-                return None
+            # Next to "prefixItems" (a keyword this module refuses), "items" would cover only the later items.
             child = self.new_variable()
             body = self.schema(value, child)
             if body is None:

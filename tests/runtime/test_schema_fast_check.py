@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.simulators import hl7_builder
 from healthsync.choices import VersionStatus
@@ -15,7 +18,7 @@ from healthsync.errors import SchemaInvalid
 from healthsync.models import CanonicalEvent, SchemaVersion
 from healthsync.pipeline import process_pending, validate_event_data
 from healthsync.schemacheck import compile_check
-from healthsync.seed import seed_reference_config
+from healthsync.seed import all_schema_definitions, seed_reference_config
 from tests.pipeline_support import store
 
 pytestmark = pytest.mark.django_db
@@ -140,3 +143,191 @@ def test_data_the_fast_check_rejects_still_gets_jsonschemas_field_errors() -> No
         "admitted_at is not a valid date",
         "charges.0.amount fails the pattern rule",
     ]
+
+
+# Strings that meet or miss the formats, patterns and enums the schemas use.
+STRINGS = st.sampled_from(
+    [
+        "",
+        "x",
+        "CG",
+        "ZZ",
+        "I",
+        "A" * 11,
+        "10",
+        "-1.50",
+        "1e3",
+        "1980-02-14",
+        "1980-02-30",
+        "2026-01-01T08:30:00+00:00",
+    ]
+)
+LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 3), st.floats(-3, 3), st.just(2.0), STRINGS, st.text(max_size=4)
+)
+# Values of a schema's type, and the near misses: booleans are not numbers, 2.0 is an integer but 2.5 is not.
+SHAPED_LEAVES: dict[str, st.SearchStrategy[Any]] = {
+    "string": STRINGS | st.text(max_size=4),
+    "integer": st.integers(-3, 3) | st.sampled_from([2.0, 2.5, True]),
+    "number": st.integers(-3, 3) | st.floats(-3, 3) | st.just(False),
+    "boolean": st.booleans() | st.just(1),
+}
+ANY_JSON = st.recursive(
+    LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+)
+
+
+def instances(schema: Any) -> st.SearchStrategy[Any]:
+    """Data shaped by the schema, mostly valid, with now and then any JSON value in place of a shaped one."""
+    if not isinstance(schema, dict):
+        return ANY_JSON
+    kinds = schema.get("type", [])
+    shapes = [
+        SHAPED_LEAVES[kind]
+        for kind in (kinds if isinstance(kinds, list) else [kinds])
+        if kind in SHAPED_LEAVES
+    ]
+    if "properties" in schema or "required" in schema:
+        properties = {name: instances(sub) for name, sub in schema.get("properties", {}).items()}
+        required = {name: properties.get(name, LEAVES) for name in schema.get("required", [])}
+        optional = {name: child for name, child in properties.items() if name not in required}
+        shapes.append(st.fixed_dictionaries(required, optional=optional))
+    if "items" in schema:
+        shapes.append(st.lists(instances(schema["items"]), max_size=3))
+    if "enum" in schema:
+        shapes.append(st.sampled_from(schema["enum"] or [""]))
+    if "format" in schema:
+        shapes.append(st.sampled_from(["1980-02-14", "1980-02-30", "2026-01-01T08:30:00+00:00", "x"]))
+    if "pattern" in schema:
+        shapes.append(st.sampled_from(["10", "-1.50", "1e3", "ten", ""]))
+    shaped = st.one_of(shapes) if shapes else LEAVES
+    return st.integers(0, 19).flatmap(lambda draw: ANY_JSON if draw == 0 else shaped)
+
+
+@st.composite
+def schemas_and_instances(draw: st.DrawFn, schemas: st.SearchStrategy[dict[str, Any]]) -> tuple[dict, Any]:
+    schema = draw(schemas)
+    return schema, draw(instances(schema))
+
+
+def _assert_agrees(schema: dict[str, Any], instance: Any) -> None:
+    validator = _validator(schema)
+    fast = compile_check(validator)
+    if fast is not None:
+        assert fast(instance) == validator.is_valid(instance)
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from(sorted(all_schema_definitions().items())).flatmap(
+        lambda item: st.tuples(st.just(item[0]), instances(item[1]))
+    )
+)
+def test_the_fast_check_agrees_with_jsonschema_on_random_data_for_every_event_schema(
+    case: tuple[str, Any],
+) -> None:
+    event_type, instance = case
+    schema = all_schema_definitions()[event_type]
+    assert compile_check(_validator(schema)) is not None, event_type
+    _assert_agrees(schema, instance)
+
+
+TYPES = ["object", "array", "string", "integer", "number", "boolean", "null"]
+TYPE_NAMES = st.sampled_from(TYPES)
+KEYS = st.sampled_from(["a", "b", "type", "0"])
+DIALECT_URIS = [
+    "https://json-schema.org/draft/2020-12/schema",
+    "https://json-schema.org/draft/2019-09/schema",
+    "http://json-schema.org/draft-07/schema#",
+    "http://json-schema.org/draft-04/schema#",
+    "http://json-schema.org/draft-03/schema#",
+]
+DIALECTS = st.sampled_from(DIALECT_URIS)
+LEAF_KEYWORDS = {
+    "type": TYPE_NAMES | st.lists(TYPE_NAMES, max_size=3, unique=True),
+    "minLength": st.integers(0, 3),
+    "maxLength": st.integers(0, 3),
+    "minItems": st.integers(0, 3),
+    "maxItems": st.integers(0, 3),
+    "minimum": st.integers(-2, 2) | st.floats(-2, 2),
+    "maximum": st.integers(-2, 2) | st.floats(-2, 2),
+    "pattern": st.sampled_from(["^\\d+$", "^-?\\d+(\\.\\d+)?$", "x", ""]),
+    "format": st.sampled_from(["date", "date-time", "email", "ipv4", "uuid", "no-such-format"]),
+    "enum": st.lists(STRINGS, max_size=3),
+    "title": st.just("t"),
+}
+# A supported keyword now and then joined by one the fast check must refuse.
+REFUSED_KEYWORDS = {
+    "not": st.just({}),
+    "exclusiveMinimum": st.just(0),
+    "prefixItems": st.just([{}]),
+    "const": st.just("x"),
+}
+SUBSCHEMAS = st.recursive(
+    st.fixed_dictionaries({}, optional=LEAF_KEYWORDS),
+    lambda children: st.fixed_dictionaries(
+        {},
+        optional={
+            **LEAF_KEYWORDS,
+            "properties": st.dictionaries(KEYS, children, max_size=3),
+            "required": st.lists(KEYS, max_size=3),
+            "items": children,
+        },
+    ),
+    max_leaves=6,
+)
+SCHEMAS = st.builds(
+    lambda dialect, schema, refused: {"$schema": dialect, **schema, **refused},
+    DIALECTS,
+    SUBSCHEMAS,
+    st.fixed_dictionaries({}, optional=REFUSED_KEYWORDS) | st.just({}),
+)
+
+
+@settings(max_examples=500)
+@given(schemas_and_instances(SCHEMAS))
+def test_the_fast_check_agrees_with_jsonschema_on_random_schemas_and_data(case: tuple[dict, Any]) -> None:
+    _assert_agrees(*case)
+
+
+def test_a_keyword_the_validators_draft_reads_otherwise_is_left_to_jsonschema() -> None:
+    # Draft 3 ignores a "required" list and reads "required": true inside properties instead.
+    draft3 = {"$schema": "http://json-schema.org/draft-03/schema#", "type": "object", "required": ["a"]}
+    assert compile_check(_validator(draft3)) is None
+    draft4 = {"$schema": "http://json-schema.org/draft-04/schema#", "type": "object", "required": ["a"]}
+    assert compile_check(_validator(draft4)) is not None
+
+
+def test_a_schema_nested_deeper_than_python_compiles_is_left_to_jsonschema() -> None:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(30):
+        schema = {"type": "array", "items": schema}
+    assert compile_check(_validator(schema)) is None
+
+
+# Values on the edges of the standard types: booleans are not numbers, 2.0 is an integer, Decimal is a number.
+TYPE_EDGES: list[Any] = [
+    True,
+    False,
+    0,
+    1,
+    2.0,
+    2.5,
+    float("nan"),
+    float("inf"),
+    Decimal("1"),
+    "1",
+    "",
+    None,
+    [],
+    {},
+]
+
+
+@pytest.mark.parametrize("dialect", DIALECT_URIS)
+@pytest.mark.parametrize("kind", TYPES)
+def test_the_fast_check_agrees_with_jsonschema_on_each_type_at_its_edges(dialect: str, kind: str) -> None:
+    for schema in ({"$schema": dialect, "type": kind}, {"$schema": dialect, "type": [kind, "null"]}):
+        for instance in TYPE_EDGES:
+            _assert_agrees(schema, instance)
