@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from auditlog.receivers import log_access
+from auditlog import get_logentry_model
+from auditlog.context import auditlog_disabled
+from auditlog.diff import model_instance_diff
+from auditlog.receivers import log_access, log_create
 from auditlog.registry import auditlog
+from auditlog.signals import post_log, pre_log
+from django.conf import settings
+from django.db.models.signals import post_save, pre_save
+
+from healthsync.inserts import insert_many, send_created
 
 if TYPE_CHECKING:
     from django.db.models import Model
@@ -48,3 +58,58 @@ def record_phi_access(instance: Model) -> None:
     (the message store) need not be registered for change tracking.
     """
     log_access(sender=instance.__class__, instance=instance)
+
+
+def send_created_many(objs: Sequence[Model]) -> None:
+    """Tell post_save receivers about rows of one model inserted without `save()`, as `send_created` does each.
+
+    When auditlog's create receiver is the only one, its entries are made by its own code (the diff, then
+    `log_create`'s fields) and written in one statement instead of one INSERT each. Whatever would make
+    auditlog write differently than that (auditlog disabled, pre_log/post_log receivers, receivers of the
+    entries' own save, such as an actor context's) sends the signal per row instead.
+    """
+    if not objs:
+        return
+    model = objs[0].__class__
+    if not _only_auditlog_creates(model):
+        for obj in objs:
+            send_created(obj)
+        return
+    action = get_logentry_model().Action.CREATE
+    use_json = settings.AUDITLOG_STORE_JSON_CHANGES
+    manager = _unsaved_entries()
+    entries = []
+    for obj in objs:
+        changes = model_instance_diff(None, obj, use_json_for_changes=use_json)
+        # As auditlog's receiver: a create with nothing to record has no entry.
+        if changes:
+            entries.append(manager.log_create(obj, action=action, changes=changes))
+    insert_many(entries)
+
+
+def _only_auditlog_creates(model: type[Model]) -> bool:
+    log_entry = get_logentry_model()
+    receivers, async_receivers = post_save._live_receivers(model)
+    return (
+        receivers == [log_create]
+        and not async_receivers
+        and not auditlog_disabled.get()
+        and not pre_log.has_listeners(model)
+        and not post_log.has_listeners(model)
+        and not pre_save.has_listeners(log_entry)
+        and not post_save.has_listeners(log_entry)
+    )
+
+
+@functools.cache
+def _unsaved_entries() -> Any:
+    """auditlog's own entry manager, whose `create()` (the last step of `log_create`) leaves the entry unsaved."""
+    log_entry = get_logentry_model()
+
+    class UnsavedEntries(type(log_entry.objects)):  # type: ignore[misc]
+        def create(self, **kwargs: Any) -> Model:
+            return self.model(**kwargs)
+
+    manager = UnsavedEntries()
+    manager.model = log_entry
+    return manager

@@ -5,8 +5,8 @@ can have several, such as one per invoice), so repeated events refresh the queue
 
 Within a processing chunk (healthsync.unitofwork) a workflow may read ahead which kinds its runs have open
 (`exceptions_read_ahead`): raising a kind none of them has open then needs no look-up, and the new row is
-written with the chunk's other new exceptions at its end, post_save (the audit log's create entry) following
-each row as `create()` would. Whatever reads a run's exceptions back from the table goes through
+written with the chunk's other new exceptions at its end, post_save following as `create()` would (the audit
+log's create entries written together too). Whatever reads a run's exceptions back from the table goes through
 `open_exceptions`, which writes the run's new ones first.
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from healthsync.audit import send_created_many
 from healthsync.choices import RunStatus
-from healthsync.inserts import send_created
 from healthsync.models import ExceptionItem
 from healthsync.unitofwork import current
 
@@ -125,5 +125,4 @@ def _write_new(new: dict[tuple[str, str], list[ExceptionItem]]) -> None:
     if not items:
         return
     ExceptionItem.objects.bulk_create(items)
-    for item in items:
-        send_created(item)
+    send_created_many(items)
