@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from healthsync.audit import send_created_many
 from healthsync.choices import RunStatus
+from healthsync.inserts import insert_many
 from healthsync.models import ExceptionItem
 from healthsync.unitofwork import current
 
@@ -124,5 +125,5 @@ def _write_new(new: dict[tuple[str, str], list[ExceptionItem]]) -> None:
     items = [item for items in new.values() for item in items]
     if not items:
         return
-    ExceptionItem.objects.bulk_create(items)
+    insert_many(items)
     send_created_many(items)
