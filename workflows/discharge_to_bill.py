@@ -1144,8 +1144,9 @@ def _lock_runs(keys: list[str]) -> dict[str, WorkflowRun]:
         rows = cursor.fetchall()
     runs = {}
     for *values, step_names in rows:
-        for index, convert in converters:
-            values[index] = convert(values[index])
+        for index, field_converters in converters:
+            for convert in field_converters:
+                values[index] = convert(values[index], None, connection)
         run = WorkflowRun.from_db(connection.alias, names, values)
         _prime(run, created=False, step_names=step_names)
         runs[run.business_key] = run
@@ -1153,21 +1154,11 @@ def _lock_runs(keys: list[str]) -> dict[str, WorkflowRun]:
 
 
 @functools.cache
-def _run_columns() -> tuple[list[str], list[tuple[int, Callable[[Any], Any]]]]:
-    """The attribute names of a run's columns, in table order, and the conversions their values need."""
+def _run_columns() -> tuple[list[str], list[tuple[int, list[Callable[..., Any]]]]]:
+    """The attribute names of a run's columns, in table order, and the converters of those that have any."""
     fields = WorkflowRun._meta.concrete_fields
-    converters = [
-        (index, functools.partial(_from_db, field.get_db_converters(connection)))
-        for index, field in enumerate(fields)
-        if field.get_db_converters(connection)
-    ]
-    return [field.attname for field in fields], converters
-
-
-def _from_db(converters: list[Callable[..., Any]], value: Any) -> Any:
-    for convert in converters:
-        value = convert(value, None, connection)
-    return value
+    converters = [(index, field.get_db_converters(connection)) for index, field in enumerate(fields)]
+    return [field.attname for field in fields], [(index, found) for index, found in converters if found]
 
 
 @functools.cache
