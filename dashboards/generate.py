@@ -132,7 +132,14 @@ class ScaleResult:
 
 
 def _next_id(model: type[models.Model]) -> int:
-    return (model.objects.aggregate(top=Max("pk"))["top"] or 0) + 1
+    """The first id the generated rows take: past every stored row and, on PostgreSQL, past every id the
+    sequence has handed out (a worker may hold some it has not written yet)."""
+    top = (model.objects.aggregate(top=Max("pk"))["top"] or 0) + 1
+    if connection.vendor != "postgresql":
+        return top
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id'))", [model._meta.db_table])
+        return max(top, cursor.fetchone()[0])
 
 
 def _scale_connector() -> Connector:

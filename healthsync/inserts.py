@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -41,8 +42,10 @@ from healthsync import unitofwork
 _SQL: dict[tuple[type[Model], tuple[str, ...]], str] = {}
 # Models whose inserts a chunk's unit of work may defer (see defer_in_chunks).
 _DEFERRED: set[type[Model]] = set()
-# Primary keys taken from the sequence at a time for deferred rows (unused ones are simply never used).
+# Primary keys taken from the sequence at a time for deferred rows. A process keeps what a chunk did not use
+# for the next chunk (a sequence never hands out a value twice, committed or not); ids left at exit are gaps.
 ID_BLOCK = 64
+_SPARE_IDS: dict[type[Model], deque[int]] = defaultdict(deque)
 
 
 class RepeatInChunk(IntegrityError):
@@ -459,10 +462,10 @@ def _json_scalar(value: Any) -> Any:
 def _defer(unit: unitofwork.UnitOfWork, obj: Model) -> None:
     meta = obj._meta
     if obj.pk is None:
-        ids = unit.identity_map("inserts.ids").setdefault(obj.__class__, [])
+        ids = _SPARE_IDS[obj.__class__]
         if not ids:
             ids.extend(_next_ids(obj.__class__, ID_BLOCK))
-        obj.pk = ids.pop(0)
+        obj.pk = ids.popleft()
     # Values are taken now, as an immediate insert would (auto_now fields, defaults).
     for f in meta.local_concrete_fields:
         f.pre_save(obj, True)
