@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from auditlog import get_logentry_model
-from auditlog.context import auditlog_disabled
+from auditlog.context import auditlog_disabled, auditlog_value, set_extra_data
 from auditlog.diff import model_instance_diff
 from auditlog.receivers import log_access, log_create
 from auditlog.registry import auditlog
@@ -19,6 +20,26 @@ from healthsync.inserts import insert_many, send_created
 
 if TYPE_CHECKING:
     from django.db.models import Model
+
+
+@contextlib.contextmanager
+def acting_as(actor: Any, *, additional_data: dict[str, Any] | None = None) -> Iterator[None]:
+    """Attribute every audit row written inside to `actor` (and `additional_data`).
+
+    Use this, not auditlog's `set_actor`: auditlog's context does not put back an outer one (the request
+    middleware's), so nested in it the outer context's signal receiver is never disconnected, and one more is
+    left behind, for the life of the process, on every call. This one restores the outer context.
+    """
+    previous = auditlog_value.get(None)
+    extra: dict[str, Any] = {"actor": actor}
+    if additional_data:
+        extra["additional_data"] = additional_data
+    try:
+        with set_extra_data(extra):
+            yield
+    finally:
+        if previous is not None:
+            auditlog_value.set(previous)
 
 
 def register_models() -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from auditlog.context import set_actor
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
+from healthsync.audit import acting_as
 from healthsync.choices import ExceptionKind, ExceptionStatus, MessageStatus
 from healthsync.models import ExceptionComment, ExceptionItem, Message
 from healthsync.registry import workflow_registry
@@ -58,7 +58,7 @@ def _require_open(exception: ExceptionItem) -> None:
 def exception_assign(*, exception: ExceptionItem, assignee: User | None, actor: User) -> ExceptionItem:
     """Give the exception to someone (None: back to the queue); assigning starts the work on it."""
     _check(actor)
-    with set_actor(actor):
+    with acting_as(actor):
         exception = _locked(exception)
         _require_open(exception)
         exception.assignee = assignee
@@ -86,7 +86,7 @@ def exception_resolve(*, exception: ExceptionItem, note: str, actor: User) -> Ex
     note = (note or "").strip()
     if not note:
         raise ValidationError("Say how the exception was resolved.")
-    with set_actor(actor):
+    with acting_as(actor):
         exception = _locked(exception)
         _require_open(exception)
         _close(exception, ExceptionStatus.RESOLVED, note, actor)
@@ -100,7 +100,7 @@ def exception_ignore(*, exception: ExceptionItem, reason: str, actor: User) -> E
     reason = (reason or "").strip()
     if not reason:
         raise ValidationError("Say why the exception is ignored.")
-    with set_actor(actor):
+    with acting_as(actor):
         exception = _locked(exception)
         _require_open(exception)
         _close(exception, ExceptionStatus.IGNORED, reason, actor)
@@ -126,7 +126,7 @@ def exception_retry(
     retry never causes a second claim or journal entry: the deliveries are keyed for idempotency.
     """
     _check(actor)
-    with set_actor(actor):
+    with acting_as(actor):
         exception = _locked(exception)
         if not exception.is_open:
             return exception
@@ -173,7 +173,7 @@ def exception_route_back(*, exception: ExceptionItem, queue: str, note: str, act
     if queue not in WORK_QUEUES:
         raise ValidationError(f"{queue or 'An empty name'} is not a work queue.")
     note = (note or "").strip()
-    with set_actor(actor):
+    with acting_as(actor):
         exception = _locked(exception)
         _require_open(exception)
         exception.detail = {**(exception.detail or {}), "work_queue": queue}
@@ -194,7 +194,7 @@ def exception_replay(*, exception: ExceptionItem, actor: User) -> Message:
     _check(actor)
     if not actor.has_perm(REPLAY_PERMISSION) and not actor.has_perm(WORK_PERMISSION):
         raise PermissionDenied("You are not allowed to replay messages.")
-    with set_actor(actor):
+    with acting_as(actor):
         exception = _locked(exception)
         _require_open(exception)
         original = exception.message

@@ -6,10 +6,10 @@ import hashlib
 import secrets
 from typing import TYPE_CHECKING
 
-from auditlog.context import set_actor
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 
+from healthsync.audit import acting_as
 from healthsync.choices import ApiScope
 from healthsync.models import ApiClient, System
 
@@ -65,7 +65,7 @@ def api_client_create(
     if ApiClient.objects.filter(name=name).exists():
         raise ValidationError({"name": "An API client with this name exists."})
     token = _new_token()
-    with set_actor(actor):
+    with acting_as(actor):
         client = ApiClient.objects.create(
             name=name,
             system=system,
@@ -84,7 +84,7 @@ def api_client_rotate_token(*, client: ApiClient, actor: User) -> str:
     if not actor.has_perm("healthsync.change_apiclient"):
         raise PermissionDenied("You are not allowed to change API clients.")
     token = _new_token()
-    with set_actor(actor):
+    with acting_as(actor):
         client = ApiClient.objects.select_for_update().get(pk=client.pk)
         client.token_prefix = token[:10]
         client.token_hash = token_digest(token)
@@ -97,7 +97,7 @@ def api_client_set_active(*, client: ApiClient, active: bool, actor: User) -> Ap
     """Revoke (or restore) a client's access without losing its usage history."""
     if not actor.has_perm("healthsync.change_apiclient"):
         raise PermissionDenied("You are not allowed to change API clients.")
-    with set_actor(actor):
+    with acting_as(actor):
         client = ApiClient.objects.select_for_update().get(pk=client.pk)
         client.is_active = active
         client.save(update_fields=["is_active"])

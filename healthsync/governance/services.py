@@ -7,17 +7,15 @@ touches must approve as well (one person who is both counts for both).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from auditlog.context import auditlog_value, set_extra_data
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.utils import timezone
 
+from healthsync.audit import acting_as
 from healthsync.choices import ChangeKind, ChangeStatus, ReviewDecision
 from healthsync.governance.bench import run_suite
 from healthsync.governance.diff import change_diff
@@ -45,20 +43,10 @@ class GovernanceError(Exception):
         self.message = message
 
 
-@contextlib.contextmanager
-def _audited(actor: User, change_request: ChangeRequest | None = None) -> Iterator[None]:
+def _audited(actor: User, change_request: ChangeRequest | None = None) -> Any:
     """Attribute every audit row written inside to `actor` and the change request."""
-    previous = auditlog_value.get(None)
-    extra: dict[str, Any] = {"actor": actor}
-    if change_request is not None and change_request.pk:
-        extra["additional_data"] = {"change_request": change_request.pk}
-    try:
-        with set_extra_data(extra):
-            yield
-    finally:
-        # auditlog's context does not restore an outer one (the request middleware's): do it here.
-        if previous is not None:
-            auditlog_value.set(previous)
+    linked = change_request is not None and change_request.pk
+    return acting_as(actor, additional_data={"change_request": change_request.pk} if linked else None)
 
 
 def _locked(change_request: ChangeRequest) -> ChangeRequest:

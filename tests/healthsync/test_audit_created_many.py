@@ -174,3 +174,17 @@ def test_a_chunk_writes_the_create_entries_of_its_new_exceptions_in_one_statemen
         (entry,) = LogEntry.objects.get_for_object(item)
         assert entry.action == LogEntry.Action.CREATE
         assert entry.changes_dict["id"] == ["None", str(item.pk)]
+
+
+def test_an_actor_context_inside_the_request_middlewares_leaves_no_receiver_behind() -> None:
+    from django.contrib.auth.models import User
+    from django.db.models.signals import pre_save
+
+    from healthsync.audit import acting_as
+
+    user = User.objects.create(username="nested-actor")
+    before = pre_save._live_receivers(LogEntry)[0]
+    # Inside auditlog's request middleware context, as a service called from a view is.
+    with set_actor(user), acting_as(user, additional_data={"change_request": 1}):
+        pass
+    assert pre_save._live_receivers(LogEntry)[0] == before
