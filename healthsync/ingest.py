@@ -152,8 +152,11 @@ def connect() -> Any:
 
     The batch statement is prepared after a few runs (psycopg's default threshold) and kept on a generic plan:
     planning it (a CTE inserting into a partitioned table) costs more than running it, and custom plans,
-    which PostgreSQL would otherwise keep choosing, plan it again on every batch. Without parameter values
-    the planner assumes a hundred items, which keeps the key lookups on MessageKey's index.
+    which PostgreSQL would otherwise keep choosing, plan it again on every batch. A generic plan is made
+    once, on the table sizes of the moment: made while MessageKey is small (a new install, or a server whose
+    autovacuum never analyzes), it would scan the whole table for every batch for as long as the connection
+    lives. This connection runs nothing but this statement, so scans, hash and merge joins are turned off on
+    it: a batch's few hundred keys are always looked up in MessageKey's index, whatever size it was planned at.
     """
     import psycopg
 
@@ -163,6 +166,8 @@ def connect() -> Any:
     conn = psycopg.connect(**params, autocommit=True)
     try:
         conn.execute("SET plan_cache_mode = force_generic_plan")
+        for method in ("seqscan", "hashjoin", "mergejoin"):
+            conn.execute(f"SET enable_{method} = off")
     except Exception:
         conn.close()
         raise

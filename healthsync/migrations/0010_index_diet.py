@@ -4,9 +4,13 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
-# The unique idempotency keys keep their unique index; Django adds a varchar_pattern_ops twin to each on
-# PostgreSQL, which nothing uses (no prefix look-ups) and which costs a write per event and per delivery.
-_LIKE_TWINS = [("healthsync_canonicalevent", "idempotency_key"), ("healthsync_delivery", "idempotency_key")]
+# The unique idempotency keys and the dedupe keys keep their unique index; Django adds a varchar_pattern_ops
+# twin to each on PostgreSQL, which nothing uses (no prefix look-ups) and which costs a write per row.
+_LIKE_TWINS = [
+    ("healthsync_canonicalevent", "idempotency_key"),
+    ("healthsync_delivery", "idempotency_key"),
+    ("healthsync_messagekey", "key"),
+]
 
 
 def drop_like_twins(apps, schema_editor):

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import connection, transaction
+from django.utils import timezone
 
 from healthsync import ingest
 from healthsync.choices import MessageStatus, SystemKind
@@ -172,6 +173,21 @@ def test_the_listener_connection_keeps_the_batch_statement_on_one_generic_plan(
     # Custom plans would plan the statement again for every batch, which costs more than running it.
     assert raw_connection.autocommit
     assert raw_connection.execute("SHOW plan_cache_mode").fetchone() == ("force_generic_plan",)
+
+
+def test_the_listener_plan_looks_keys_up_by_index_even_when_planned_on_an_empty_table(
+    connector: Connector, raw_connection: psycopg.Connection[Any]
+) -> None:
+    # A generic plan made while the key table is small would otherwise scan it whole for every batch,
+    # for as long as the connection lives, however large the table grows (a new install, autovacuum off).
+    items = [_item(connector, "P1"), _item(connector, "P2")]
+    sql, _ = ingest._batch_sql()
+    params = ingest._batch_params(items, [ingest._key_for(i) for i in items], timezone.now())
+
+    plan = "\n".join(row[0] for row in raw_connection.execute("EXPLAIN " + sql, params).fetchall())
+
+    assert "Seq Scan on healthsync_messagekey" not in plan and "Hash Join" not in plan, plan
+    assert "healthsync_messagekey_pkey" in plan, plan
 
 
 @pytest.mark.parametrize("listener_path", [True, False], ids=["listener connection", "orm"])
