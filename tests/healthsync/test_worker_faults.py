@@ -88,7 +88,8 @@ def _assert_each_message_processed_exactly_once(total: int) -> None:
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing() -> None:
     connector = _bench_connector()
-    rows = _backlog(15, round_robin=False)
+    # Enough work that the worker is still busy when it is killed: it processes about a thousand a second.
+    rows = _backlog(400, round_robin=False)
     load_backlog(rows, connector)
     connection.close()
 
