@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-from types import FrameType
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
@@ -44,20 +41,13 @@ class Command(SimulatorCommand):
             raise CommandError("--remit-every must be 0 or a number of seconds")
         simulator = RcmSimulator(options["host"], options["port"], mailbox=options["mailbox"] or None)
         simulator.deny_one_in = max(0, options["deny_one_in"])
-        stopped = threading.Event()
-
-        def stop(signum: int, frame: FrameType | None) -> None:
-            stopped.set()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        simulator.start()
-        where = f"; payer mailbox {options['mailbox']}" if options["mailbox"] else ""
-        self.stdout.write(f"{self.label} simulator listening on {options['host']}:{options['port']}{where}")
         interval = options["remit_every"] if options["mailbox"] else 0
-        while not stopped.wait(interval or 0.5):
-            if interval:
-                text = simulator.remit()
-                if text is not None:
-                    self.stdout.write(f"835 {len(simulator.remittances)} dropped into the payer mailbox")
-        simulator.stop()
+
+        def remit() -> None:
+            if interval and simulator.remit() is not None:
+                self.stdout.write(f"835 {len(simulator.remittances)} dropped into the payer mailbox")
+
+        self.serve(simulator, options, every=interval or 0.5, tick=remit)
+
+    def listening_detail(self, options: dict[str, Any]) -> str:
+        return f"; payer mailbox {options['mailbox']}" if options["mailbox"] else ""
